@@ -1,0 +1,1231 @@
+"""brope-asr: an encoder-decoder speech recognizer with betweenness-shifted rotary positions.
+
+The encoder reads a log-mel spectrogram, the raw waveform, or a learned blend of both; the decoder
+is a causal transformer with cross-attention that writes characters. Two optional ideas sit on top
+of a plain pre-LayerNorm transformer with rotary position embedding (RoPE) [1]: bRoPE shifts each
+token's rotary position by a learned, gated amount derived from how much the token lies on the
+straight path between its neighbours (its *betweenness*), and blended attention mixes scaled dot
+product with temperature-scaled cosine similarity [3] through a learned factor in [0, 1]. Every
+toggle lives in `BRoPEASRConfig`, with the plain baseline as the default, so each idea is an
+ablation you turn on. The model is a Hugging Face `PreTrainedModel` with `generate`.
+
+Shapes: B batch, T mel frames (100 per second), N waveform samples, S tokens, D model width,
+H heads, Dh head width, M mel bins, V vocabulary.
+
+References:
+[1] Su et al., RoFormer: Enhanced Transformer with Rotary Position Embedding, arXiv:2104.09864
+[2] Radford et al., Robust Speech Recognition via Large-Scale Weak Supervision (Whisper), arXiv:2212.04356
+[3] Liu et al., Swin Transformer V2: Scaling Up Capacity and Resolution, arXiv:2111.09883
+[4] Hu et al., Squeeze-and-Excitation Networks, arXiv:1709.01507
+[5] Baevski et al., wav2vec 2.0, arXiv:2006.11477
+[6] Graves et al., Connectionist Temporal Classification, ICML 2006; Watanabe et al., Hybrid
+    CTC/Attention Architecture for End-to-End Speech Recognition, IEEE JSTSP 2017
+[7] Xiong et al., On Layer Normalization in the Transformer Architecture, arXiv:2002.04745
+[8] Radford et al., Language Models are Unsupervised Multitask Learners (GPT-2), 2019
+[9] Park et al., SpecAugment, arXiv:1904.08779
+"""
+
+import argparse
+import math
+import sys
+from collections import Counter
+from typing import Literal
+
+import numpy as np
+import soundfile
+import torch
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+
+__all__ = [
+    "BRoPEASRConfig",
+    "BRoPEASRForConditionalGeneration",
+    "log_mel_spectrogram",
+    "resample",
+    "load_audio",
+    "apply_rotary",
+    "rope_frequencies",
+    "betweenness_score",
+    "attention",
+    "attention_reference",
+    "word_error_rate",
+    "char_error_rate",
+    "token_scores",
+    "transcribe",
+]
+
+SAMPLE_RATE = 16000  # Hz, Whisper's rate; every clip is resampled to it
+N_FFT = 400  # 25 ms analysis window at 16 kHz, as Whisper
+HOP_LENGTH = 160  # 10 ms hop at 16 kHz: 100 mel frames per second, as Whisper
+LOG_MEL_FLOOR_DB = 8.0  # in log10 power: an 80 dB dynamic range below the clip's peak, as Whisper
+WAVEFORM_STRIDES = (5, 4, 4, 2)  # product 160 = HOP_LENGTH, so both front ends share one frame grid
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@strict
+class BRoPEASRConfig(PreTrainedConfig):
+    """Every size and every toggle of the recognizer; field names follow `WhisperConfig`.
+
+    Build one with `BRoPEASRConfig(**fields)` or `BRoPEASRConfig.from_preset("small"|"seed", **overrides)`.
+    """
+
+    model_type = "brope_asr"
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
+
+    vocab_size: int = 40  # tokens; the character tokenizer of train_hf.py has about 30
+    num_mel_bins: int = 80  # M, mel bins of the spectrogram input (80 or 128 as Whisper)
+    d_model: int = 128  # D, width of every residual stream
+    encoder_layers: int = 3  # transformer blocks in the encoder
+    decoder_layers: int = 3  # transformer blocks in the decoder
+    encoder_attention_heads: int = 4  # H in the encoder
+    decoder_attention_heads: int = 4  # H in the decoder (self- and cross-attention)
+    encoder_ffn_dim: int = 512  # hidden width of the encoder's feed-forward layers
+    decoder_ffn_dim: int = 512  # hidden width of the decoder's feed-forward layers
+    max_source_positions: int = 3000  # longest input in mel frames (3000 = 30 s); longer is an error
+    max_target_positions: int = 128  # longest decoder sequence, start token included
+    dropout: float = 0.1  # residual and embedding dropout
+    attention_dropout: float = 0.0  # dropout on attention probabilities
+    init_std: float = 0.02  # std of the truncated-normal init of linear and embedding weights [8]
+    pad_token_id: int = 0  # padding; also the CTC blank, since padding never appears as a target
+    bos_token_id: int = 1  # start of transcript
+    eos_token_id: int = 2  # end of transcript
+    decoder_start_token_id: int = 1  # first decoder input; the bos token as in BART-style models
+    is_encoder_decoder: bool = True  # tells transformers' generate to run the encoder once
+    tie_word_embeddings: bool = True  # the output projection is the token embedding (by construction)
+    use_cache: bool = True  # generate with a key/value cache
+    input_mode: Literal["spectrogram", "waveform", "both"] = "spectrogram"  # encoder input(s)
+    use_downsampling: bool = True  # stride-2 convolution after the front end, as Whisper [2]
+    rope_theta: float = 10000.0  # RoPE base: frequencies theta^(-2i/Dh) [1]
+    learned_rope_frequencies: bool = False  # learn the RoPE frequencies (initialized to the fixed ones)
+    use_betweenness: bool = False  # bRoPE: shift rotary positions by the gated betweenness score
+    betweenness_offset: int = 1  # k: a token is compared with its neighbours at distance k
+    betweenness_dim: int = 16  # width of the learned projection in which distances are measured
+    betweenness_max_shift: float = 2.0  # bound on the position shift, in tokens (or frames)
+    blend_attention: bool = False  # similarity = b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) [3]
+    attention_max_temperature: float = 100.0  # clamp of the cosine temperature tau, as Swin V2 [3]
+    ctc_weight: float = 0.0  # weight of an auxiliary CTC loss on the encoder [6]; 0 builds no CTC head
+
+    @classmethod
+    def from_preset(cls, name: Literal["small", "seed"], **overrides) -> "BRoPEASRConfig":
+        """A named size: "small" trains on 2 CPU cores in minutes; "seed" is the original's ~55 M size.
+
+        Args:
+            name: "small" or "seed".
+            **overrides: any config field, applied on top of the preset.
+        """
+        presets = {
+            "small": {},
+            "seed": dict(
+                vocab_size=51865,
+                d_model=512,
+                encoder_layers=4,
+                decoder_layers=4,
+                encoder_attention_heads=4,
+                decoder_attention_heads=4,
+                encoder_ffn_dim=2048,
+                decoder_ffn_dim=2048,
+                max_target_positions=512,
+            ),
+        }
+        if name not in presets:
+            raise ValueError(f"preset must be one of {sorted(presets)}, got {name!r}")
+        return cls(**{**presets[name], **overrides})
+
+    def __post_init__(self, **kwargs):
+        """Check the cross-field rules, raising `ValueError` naming the field, then finish as transformers does."""
+        for heads_field in ("encoder_attention_heads", "decoder_attention_heads"):
+            heads = getattr(self, heads_field)
+            if heads < 1 or self.d_model % heads or (self.d_model // heads) % 2:
+                raise ValueError(
+                    f"{heads_field}={heads} must divide d_model={self.d_model} into an even head width "
+                    "(RoPE rotates pairs of channels)"
+                )
+        if self.betweenness_offset < 1:
+            raise ValueError(f"betweenness_offset must be >= 1, got {self.betweenness_offset}")
+        if self.ctc_weight < 0:
+            raise ValueError(f"ctc_weight must be >= 0 (0 turns CTC off), got {self.ctc_weight}")
+        for token_field in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            token = getattr(self, token_field)
+            if not 0 <= token < self.vocab_size:
+                raise ValueError(f"{token_field}={token} must lie in [0, vocab_size={self.vocab_size})")
+        super().__post_init__(**kwargs)
+
+
+# ----------------------------------------------------------------------------------- signal processing
+
+
+def mel_filterbank(n_mels: int, sampling_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> torch.Tensor:
+    """Slaney-scale, Slaney-normalized triangular mel filters, as librosa and Whisper [2] use.
+
+    Args:
+        n_mels: M, number of filters spanning 0 Hz to the Nyquist frequency.
+    Returns:
+        (n_fft // 2 + 1, M) float64 filter matrix.
+    """
+
+    def hertz_to_mel(hz):  # linear below 1 kHz, logarithmic above (Slaney's Auditory Toolbox)
+        log_step = 27.0 / math.log(6.4)
+        return torch.where(hz < 1000.0, 3.0 * hz / 200.0, 15.0 + torch.log(hz / 1000.0) * log_step)
+
+    def mel_to_hertz(mel):
+        log_step = math.log(6.4) / 27.0
+        return torch.where(mel < 15.0, 200.0 * mel / 3.0, 1000.0 * torch.exp(log_step * (mel - 15.0)))
+
+    edges_mel = torch.linspace(
+        hertz_to_mel(torch.tensor(0.0, dtype=torch.float64)).item(),
+        hertz_to_mel(torch.tensor(sampling_rate / 2, dtype=torch.float64)).item(),
+        n_mels + 2,
+        dtype=torch.float64,
+    )
+    edges = mel_to_hertz(edges_mel)
+    fft_freqs = torch.linspace(0, sampling_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    slopes = edges[None, :] - fft_freqs[:, None]
+    widths = edges.diff()
+    rising = -slopes[:, :-2] / widths[:-1]
+    falling = slopes[:, 2:] / widths[1:]
+    filters = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return filters * (2.0 / (edges[2:] - edges[:-2]))  # Slaney norm: each filter has unit area
+
+
+def log_mel_spectrogram(
+    audio: torch.Tensor | np.ndarray,
+    sampling_rate: int = SAMPLE_RATE,
+    n_mels: int = 80,
+    lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Whisper's log-mel spectrogram [2], computed in torch without padding to 30 s.
+
+    Equals `transformers.WhisperFeatureExtractor(feature_size=n_mels)` on the same clip: periodic
+    Hann window of 400 samples, hop 160, reflect-padded centred STFT, power spectrum, Slaney mel
+    filters, log10 floored 80 dB below the clip's peak, then (x + 4) / 4.
+
+    Args:
+        audio: (N,) one clip, or (B, N) a batch of clips right-padded to the longest; float.
+        sampling_rate: must be 16000 (resample first).
+        n_mels: M, mel bins.
+        lengths: (B,) valid samples per clip of a batch; None means every clip fills the row.
+            Each clip is padded by reflecting its own samples, so a clip's features do not depend on
+            what it is batched with.
+    Returns:
+        (M, N // 160) for one clip, or (B, M, N // 160) for a batch: float32, roughly in [-1, 1].
+        Frames past a clip's `lengths[b] // 160` are 0.
+    """
+    if sampling_rate != SAMPLE_RATE:
+        raise ValueError(f"log_mel_spectrogram expects {SAMPLE_RATE} Hz audio, got {sampling_rate}; resample first")
+    audio = torch.as_tensor(audio)
+    if not audio.is_floating_point():
+        raise TypeError(f"audio must be a float tensor or array, got {audio.dtype}")
+    single = audio.dim() == 1
+    batch = audio[None] if single else audio
+    if batch.dim() != 2:
+        raise ValueError(f"audio must have shape (N,) or (B, N), got {tuple(audio.shape)}")
+    batch = batch.float()
+    n_batch, n_samples = batch.shape
+    if lengths is None:
+        lengths = torch.full((n_batch,), n_samples, device=batch.device)
+    lengths = torch.as_tensor(lengths, device=batch.device)
+    if int(lengths.min()) < N_FFT:
+        raise ValueError(f"every clip needs at least {N_FFT} samples (25 ms), got {int(lengths.min())}")
+
+    # Reflect-pad each clip about its own ends (torch.stft's center=True would reflect the batch's
+    # padding instead): index p of the padded signal reads sample |p| mirrored back from length-1.
+    pad = N_FFT // 2
+    p = torch.arange(-pad, n_samples + pad, device=batch.device).abs()
+    last = (lengths - 1)[:, None]
+    index = torch.where(p > last, 2 * last - p, p).clamp(0, n_samples - 1)
+    padded = torch.gather(batch, 1, index)
+
+    window = torch.hann_window(N_FFT, periodic=True, device=batch.device)
+    stft = torch.stft(padded, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+    power = stft[..., : n_samples // HOP_LENGTH].abs() ** 2  # Whisper drops the last centred frame
+    filters = mel_filterbank(n_mels, sampling_rate).to(power)
+    log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
+
+    frames = lengths // HOP_LENGTH
+    valid = torch.arange(log_spec.shape[-1], device=batch.device)[None, :] < frames[:, None]  # (B, T)
+    peak = log_spec.masked_fill(~valid[:, None, :], -torch.inf).amax(dim=(1, 2), keepdim=True)
+    log_spec = torch.maximum(log_spec, peak - LOG_MEL_FLOOR_DB)
+    features = ((log_spec + 4.0) / 4.0).masked_fill(~valid[:, None, :], 0.0)
+    return features[0] if single else features
+
+
+def resample(audio: torch.Tensor | np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> torch.Tensor:
+    """Band-limited resampling by a Hann-windowed sinc kernel (Smith's bandlimited interpolation).
+
+    The kernel low-passes at 99% of the lower Nyquist frequency with six zero crossings each side,
+    the same design as torchaudio's and julius' `sinc_interp_hann`, so no energy above the new
+    Nyquist frequency folds back (a 12 kHz tone vanishes when 48 kHz goes to 16 kHz).
+
+    Args:
+        audio: (..., N) float samples.
+        orig_sr, target_sr: sampling rates in Hz.
+    Returns:
+        (..., ceil(N * target_sr / orig_sr)) float32.
+    """
+    audio = torch.as_tensor(audio).float()
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sampling rates must be positive, got {orig_sr} -> {target_sr}")
+    if orig_sr == target_sr:
+        return audio
+    gcd = math.gcd(orig_sr, target_sr)
+    up, down = target_sr // gcd, orig_sr // gcd
+    zero_crossings, rolloff = 6, 0.99
+    cutoff = min(up, down) * rolloff
+    width = math.ceil(zero_crossings * down / cutoff)
+    # Kernel row j gives output phase j: taps at input offsets -width .. width + down, in units of
+    # the input period, evaluated at t = (offset / down - j / up) * cutoff.
+    offsets = torch.arange(-width, width + down, dtype=torch.float64, device=audio.device) / down
+    t = (offsets[None, :] - torch.arange(up, dtype=torch.float64, device=audio.device)[:, None] / up) * cutoff
+    t = t.clamp(-zero_crossings, zero_crossings)
+    window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
+    kernel = (torch.special.sinc(t) * window * cutoff / down).float()  # (up, K)
+
+    shape = audio.shape
+    flat = F.pad(audio.reshape(-1, 1, shape[-1]), (width, width + down))
+    out = F.conv1d(flat, kernel[:, None, :], stride=down)  # (batch, up, steps): phase-major
+    out = out.transpose(1, 2).reshape(flat.shape[0], -1)
+    target_length = math.ceil(up * shape[-1] / down)
+    return out[:, :target_length].reshape(*shape[:-1], target_length)
+
+
+def load_audio(path: str, sampling_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Read any soundfile-readable file as mono float32 at `sampling_rate`.
+
+    Stereo and multi-channel audio is averaged; integer PCM is scaled to [-1, 1] by soundfile.
+    Raises:
+        ValueError naming the file: missing, not decodable, empty, or holding NaN/Inf samples.
+    Returns:
+        (N,) float32.
+    """
+    try:
+        samples, file_sr = soundfile.read(path, dtype="float32", always_2d=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{path}: cannot decode audio ({error})") from None
+    return check_audio(resample(samples.mean(axis=1), file_sr, sampling_rate), path)
+
+
+def check_audio(samples: torch.Tensor, name: str) -> torch.Tensor:
+    """Reject clips the model cannot use, with an error naming `name` (a file or a dataset row).
+
+    Args:
+        samples: (N,) float waveform.
+    Returns:
+        `samples` unchanged.
+    """
+    if samples.numel() < N_FFT:
+        raise ValueError(f"{name}: clip has {samples.numel()} samples, needs at least {N_FFT} (25 ms)")
+    if not torch.isfinite(samples).all():
+        raise ValueError(f"{name}: clip contains NaN or Inf samples")
+    return samples
+
+
+def batch_inputs(waveforms: list[torch.Tensor], config: BRoPEASRConfig) -> dict[str, torch.Tensor]:
+    """Pad clips to the longest and build exactly the inputs `config.input_mode` needs.
+
+    Args:
+        waveforms: B clips, each (N_b,) float32 at 16 kHz.
+    Returns:
+        dict with `attention_mask` (B, T) bool (True on real mel frames, T = max N_b // 160) and
+        `input_features` (B, M, T) float32 and/or `waveform` (B, 160 T) float32.
+    """
+    lengths = torch.tensor([len(clip) for clip in waveforms])
+    padded = nn.utils.rnn.pad_sequence([torch.as_tensor(clip).float() for clip in waveforms], batch_first=True)
+    frames = int(lengths.max()) // HOP_LENGTH
+    inputs = {"attention_mask": torch.arange(frames)[None, :] < (lengths // HOP_LENGTH)[:, None]}
+    if config.input_mode in ("spectrogram", "both"):
+        inputs["input_features"] = log_mel_spectrogram(padded, n_mels=config.num_mel_bins, lengths=lengths)
+    if config.input_mode in ("waveform", "both"):
+        inputs["waveform"] = padded[:, : frames * HOP_LENGTH]
+    return inputs
+
+
+# ------------------------------------------------------------------------------------------- positions
+
+
+def rope_frequencies(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
+    """RoPE inverse frequencies theta^(-2i / Dh) for i = 0 .. Dh/2 - 1 [1].
+
+    Returns:
+        (Dh / 2,) float32.
+    """
+    return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of `x` by the angle position x frequency (RoPE [1]).
+
+    Half-split pairing: channel i rotates with channel i + Dh/2 (the GPT-NeoX / Hugging Face layout,
+    not the paper's interleaved (2i, 2i+1)); either is a rotation, so norms are kept and q.k depends
+    only on the position difference. The angle is computed from the real-valued position itself, so
+    a fractional (shifted) position is an exact rotation, not an interpolation between table rows.
+
+    Args:
+        x: (..., S, Dh).
+        positions: (S,) or broadcastable to x.shape[:-1]; int or float.
+        inv_freq: (Dh / 2,) float32.
+    Returns:
+        (..., S, Dh), dtype of x; angles are formed in float32 so position 3000 keeps its precision.
+    """
+    angles = positions.to(inv_freq.dtype)[..., None] * inv_freq
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def betweenness_score(
+    z: torch.Tensor, offset: int, causal: bool, valid: torch.Tensor | None = None, eps: float = 1e-6
+) -> torch.Tensor:
+    """How nearly each token lies on the straight path between its neighbours, in [0, 1].
+
+    For a triple (a, b, c) = (z[j-k], z[j], z[j+k]) the score is d(a, c) / (d(a, b) + d(b, c)): 1 when
+    b lies on the segment from a to c, smaller the further it strays (triangle inequality). Without
+    `causal` (the encoder) token j gets the score of the triple centred on it; with `causal` (the
+    decoder) token i gets the score of the triple ending at it, (i-2k, i-k, i), so it depends on
+    tokens <= i only and never changes once computed, which is what lets a KV cache keep it.
+    Tokens without a full triple (sequence edges, or any member padded) score 0. Only shifted
+    slices of z are compared: O(S) memory, no (S, S) distance matrix.
+
+    Args:
+        z: (B, H, S, P) token vectors in the space where distance is measured.
+        offset: k, the neighbour distance.
+        causal: score the triple ending at each token instead of the one centred on it.
+        valid: (B, S) bool, False on padded positions; None if nothing is padded.
+        eps: smooths the distance at 0, d(u, v) = sqrt(|u - v|^2 + eps^2), which keeps the gradient
+            finite for equal vectors and is still a metric on (u, eps), so the score stays <= 1.
+    Returns:
+        (B, H, S) float.
+    """
+    k, length = offset, z.shape[-2]
+    if length <= 2 * k:
+        return z.new_zeros(z.shape[:-1])
+
+    def distance(u, v):
+        return ((u - v).square().sum(-1) + eps**2).sqrt()
+
+    a, b, c = z[..., : length - 2 * k, :], z[..., k : length - k, :], z[..., 2 * k :, :]
+    score = distance(a, c) / (distance(a, b) + distance(b, c))
+    if valid is not None:
+        whole = valid[:, : length - 2 * k] & valid[:, k : length - k] & valid[:, 2 * k :]
+        score = score * whole[:, None, :]
+    return F.pad(score, (2 * k, 0) if causal else (k, k))
+
+
+class BetweennessShift(nn.Module):
+    """bRoPE's learned position shift: max_shift * tanh(gate_h) * betweenness of the value vectors.
+
+    Distances are measured in a learned projection of each head's value vectors. Values (unlike
+    rotated keys) are position-free and are already held by the decoder's KV cache, so the shift of
+    a new token can be computed from the cache alone. The gate starts at 0, so an untrained bRoPE is
+    exactly plain RoPE, and tanh bounds the shift to +-max_shift tokens. The shift varies from token
+    to token by construction: a shift shared by all tokens would cancel in q.k.
+    """
+
+    def __init__(self, config: BRoPEASRConfig, num_heads: int):
+        super().__init__()
+        self.proj = nn.Linear(config.d_model // num_heads, config.betweenness_dim, bias=False)
+        self.gate = nn.Parameter(torch.empty(num_heads))
+        self.offset = config.betweenness_offset
+        self.max_shift = config.betweenness_max_shift
+
+    def forward(self, values: torch.Tensor, causal: bool, valid: torch.Tensor | None) -> torch.Tensor:
+        """Args: values (B, H, S, Dh); valid (B, S) bool or None. Returns: (B, H, S) shift in tokens."""
+        score = betweenness_score(self.proj(values), self.offset, causal, valid)
+        return self.max_shift * torch.tanh(self.gate)[:, None] * score
+
+
+# ------------------------------------------------------------------------------------------- attention
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    blend: torch.Tensor | None = None,
+    temperature: torch.Tensor | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Softmax attention on torch's fused `scaled_dot_product_attention`, optionally blended.
+
+    The blended similarity b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) is itself one dot product of
+    concatenated vectors, [b tau q/|q|, (1 - b) q / sqrt(Dh)] . [k/|k|, k], so the fused kernel
+    computes it exactly with scale 1 (at twice the query/key width).
+
+    Args:
+        q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh).
+        mask: bool, True where a query may attend, broadcastable to (B, H, Sq, Sk); None for all.
+        is_causal: query i attends to keys <= i (Sq == Sk).
+        blend: (H,) b in [0, 1] per head, or None for plain scaled dot product.
+        temperature: (H,) tau > 0 per head; required with `blend`.
+        dropout: probability on the attention weights.
+    Returns:
+        (B, H, Sq, Dh).
+    """
+    scale = None
+    if blend is not None:
+        b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
+        # F.normalize divides by max(|x|, eps), so padded (zero) vectors give 0, not NaN.
+        q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
+        k = torch.cat((F.normalize(k, dim=-1), k), dim=-1)
+        scale = 1.0
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale)
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    blend: torch.Tensor | None = None,
+    temperature: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference implementation, used only by the tests: `attention` with an explicit score matrix and softmax.
+
+    Args and Returns as `attention` (no dropout).
+    """
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if blend is not None:
+        cosine = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
+        b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
+        scores = b * tau * cosine + (1 - b) * scores
+    if is_causal:
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), -torch.inf)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -torch.inf)
+    return scores.softmax(dim=-1) @ v
+
+
+class Attention(nn.Module):
+    """Multi-head attention for encoder self-attention ("self"), decoder self-attention ("causal")
+    and decoder cross-attention ("cross").
+
+    Self-attention rotates queries and keys by (b)RoPE; cross-attention compares text with audio
+    frames, whose positions live on another axis, so it uses none. The decoder's cache holds keys
+    *before* rotation: with bRoPE a token's position depends on the values of the tokens before it,
+    so positions are recomputed from the cached values at each step and all keys rotated then. That
+    costs O(S Dh) per step, the same order as the attention itself, and keeps one code path for
+    cached and uncached decoding.
+    """
+
+    def __init__(self, config: BRoPEASRConfig, num_heads: int, kind: Literal["self", "causal", "cross"], layer_idx: int):
+        super().__init__()
+        width = config.d_model
+        self.kind, self.layer_idx, self.num_heads = kind, layer_idx, num_heads
+        self.head_dim = width // num_heads
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width, bias=False)  # a key bias adds the same to every score in a row
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+        positional = kind != "cross"
+        self.rope_theta = config.rope_theta
+        self.log_inv_freq = (
+            nn.Parameter(torch.empty(self.head_dim // 2)) if positional and config.learned_rope_frequencies else None
+        )
+        self.betweenness = BetweennessShift(config, num_heads) if positional and config.use_betweenness else None
+        # b = sigmoid(blend_logit) and tau = exp(log_temperature) are recomputed in forward so they train.
+        self.blend_logit = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
+        self.log_temperature = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
+        self.max_temperature = config.attention_max_temperature
+
+    def blend(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """The blend factor b in [0, 1] and cosine temperature tau in [1, max], each (H,); (None, None) if off."""
+        if self.blend_logit is None:
+            return None, None
+        return torch.sigmoid(self.blend_logit), self.log_temperature.exp().clamp(1.0, self.max_temperature)
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        """(Dh / 2,) rotary frequencies: learned, or computed from theta (never stored as a buffer)."""
+        if self.log_inv_freq is not None:
+            return self.log_inv_freq.exp()
+        return rope_frequencies(self.head_dim, self.rope_theta, device)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+    ) -> torch.Tensor:
+        """Args:
+            x: (B, S, D) queries' stream (and keys' for self-attention).
+            context: (B, T, D) encoder states, for "cross".
+            mask: bool key mask broadcastable to (B, 1, S, T) for "self" and "cross"; the causal
+                mask of "causal" is built here.
+            valid: (B, S) bool real positions, for the encoder's betweenness; None if unpadded.
+            cache: the decoder's cache ("causal" and "cross"); updated in place.
+        Returns:
+            (B, S, D).
+        """
+        length = x.shape[1]
+        q = self._split_heads(self.q_proj(x))
+        is_causal = False
+        if self.kind == "cross":
+            if cache is not None and cache.is_updated.get(self.layer_idx):
+                layer = cache.cross_attention_cache.layers[self.layer_idx]
+                k, v = layer.keys, layer.values
+            else:
+                k, v = self._split_heads(self.k_proj(context)), self._split_heads(self.v_proj(context))
+                if cache is not None:
+                    k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
+        else:
+            k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+            if cache is not None:
+                k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
+            total = k.shape[2]
+            positions = torch.arange(total, device=x.device, dtype=torch.float32)
+            if self.betweenness is not None:
+                positions = positions + self.betweenness(v, causal=self.kind == "causal", valid=valid)
+            inv_freq = self.inv_freq(x.device)
+            q = apply_rotary(q, positions[..., total - length :], inv_freq)
+            k = apply_rotary(k, positions, inv_freq)
+            if self.kind == "causal" and length > 1:
+                if length == total:
+                    is_causal = True  # lets the fused kernel skip the masked half
+                else:
+                    mask = torch.ones(length, total, dtype=torch.bool, device=x.device).tril(total - length)
+        blend, temperature = self.blend()
+        out = attention(
+            q, k, v, mask, is_causal, blend, temperature, dropout=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(x.shape))
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+class FeedForward(nn.Module):
+    """Position-wise two-layer perceptron with GELU."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., D)."""
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LayerNorm [7] block: self-attention with (b)RoPE, then feed-forward."""
+
+    def __init__(self, config: BRoPEASRConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(config.d_model)
+        self.self_attn = Attention(config, config.encoder_attention_heads, "self", layer_idx)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config.d_model, config.encoder_ffn_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, T, D); mask: (B, 1, 1, T) bool or None; valid: (B, T) bool or None. Returns (B, T, D)."""
+        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), mask=mask, valid=valid))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LayerNorm [7] block: causal self-attention with (b)RoPE, cross-attention to the audio, feed-forward."""
+
+    def __init__(self, config: BRoPEASRConfig, layer_idx: int):
+        super().__init__()
+        heads = config.decoder_attention_heads
+        self.self_attn_norm = nn.LayerNorm(config.d_model)
+        self.self_attn = Attention(config, heads, "causal", layer_idx)
+        self.cross_attn_norm = nn.LayerNorm(config.d_model)
+        self.cross_attn = Attention(config, heads, "cross", layer_idx)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config.d_model, config.decoder_ffn_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, audio: torch.Tensor, audio_mask: torch.Tensor | None, cache: EncoderDecoderCache | None
+    ) -> torch.Tensor:
+        """x: (B, S, D); audio: (B, T', D); audio_mask: (B, 1, 1, T') bool or None. Returns (B, S, D)."""
+        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), cache=cache))
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), context=audio, mask=audio_mask, cache=cache))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+# ------------------------------------------------------------------------------ front ends and encoder
+
+
+def key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) bool real positions -> (B, 1, 1, T) attention key mask, or None when nothing is padded."""
+    if valid is None or bool(valid.all()):
+        return None
+    return valid[:, None, None, :]
+
+
+class SpectrogramFrontEnd(nn.Module):
+    """Log-mel -> D channels at 100 frames/s: a convolution, a residual dilated depthwise-separable
+    convolution, and squeeze-and-excitation [4] whose pooling averages real frames only.
+
+    Padded frames are zeroed before every convolution, so a clip's output equals its output alone
+    (where the convolution's own zero padding sits at the same place).
+    """
+
+    def __init__(self, config: BRoPEASRConfig):
+        super().__init__()
+        width = config.d_model
+        self.conv_in = nn.Conv1d(config.num_mel_bins, width, kernel_size=3, padding=1)
+        self.depthwise = nn.Conv1d(width, width, kernel_size=3, padding=2, dilation=2, groups=width)
+        self.pointwise = nn.Conv1d(width, width, kernel_size=1)
+        self.squeeze = nn.Linear(width, width // 4)
+        self.excite = nn.Linear(width // 4, width)
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """features: (B, M, T); valid: (B, T) bool. Returns (B, T, D)."""
+        keep = valid[:, None, :].to(features.dtype)
+        h = F.gelu(self.conv_in(features * keep)) * keep
+        h = h + F.gelu(self.pointwise(self.depthwise(h))) * keep
+        pooled = h.sum(-1) / keep.sum(-1)
+        h = h * torch.sigmoid(self.excite(F.gelu(self.squeeze(pooled))))[:, :, None]
+        return h.transpose(1, 2)
+
+
+class WaveformFrontEnd(nn.Module):
+    """Raw waveform -> D channels at 100 frames/s: strided convolutions as in wav2vec 2.0 [5].
+
+    Layer l has stride s_l and kernel 2 s_l, padded by s_l in total, so it maps L samples to
+    floor(L / s_l); the strides multiply to 160, so frame t covers samples 160 t .. 160 t + 159 (plus
+    the kernels' overlap), the mel grid. Each clip is standardized over its own samples, and padding
+    is zeroed before every convolution, so batching does not change a clip's output.
+    """
+
+    def __init__(self, config: BRoPEASRConfig):
+        super().__init__()
+        width = config.d_model
+        channels = (width // 4, width // 2, width, width)  # narrow where the rate is high: cost is rate x width^2
+        inputs = (1,) + channels[:-1]
+        self.convs = nn.ModuleList(
+            nn.Conv1d(c_in, c_out, kernel_size=2 * stride, stride=stride)
+            for c_in, c_out, stride in zip(inputs, channels, WAVEFORM_STRIDES)
+        )
+
+    def forward(self, waveform: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """waveform: (B, 160 T); valid: (B, T) bool real frames. Returns (B, T, D)."""
+        lengths = valid.sum(1) * HOP_LENGTH
+        keep = (torch.arange(waveform.shape[1], device=waveform.device)[None, :] < lengths[:, None]).to(waveform.dtype)
+        mean = (waveform * keep).sum(1, keepdim=True) / lengths[:, None]
+        var = ((waveform - mean).square() * keep).sum(1, keepdim=True) / lengths[:, None]
+        h = ((waveform - mean) * torch.rsqrt(var + 1e-7) * keep)[:, None, :]
+        for conv, stride in zip(self.convs, WAVEFORM_STRIDES):
+            lengths = lengths // stride
+            h = F.gelu(conv(F.pad(h, (stride // 2, stride - stride // 2))))
+            keep = torch.arange(h.shape[-1], device=h.device)[None, :] < lengths[:, None]
+            h = h * keep[:, None, :].to(h.dtype)
+        return h.transpose(1, 2)
+
+
+class Encoder(nn.Module):
+    """Audio -> (B, T', D) states: the front end(s) `input_mode` selects, optional stride-2
+    downsampling, then pre-LN transformer blocks with (b)RoPE."""
+
+    main_input_name = "input_features"  # read by transformers' generate from any model's `encoder`
+
+    def __init__(self, config: BRoPEASRConfig):
+        super().__init__()
+        width = config.d_model
+        self.config = config
+        uses_spectrogram = config.input_mode in ("spectrogram", "both")
+        uses_waveform = config.input_mode in ("waveform", "both")
+        self.spectrogram = SpectrogramFrontEnd(config) if uses_spectrogram else None
+        self.spectrogram_norm = nn.LayerNorm(width) if uses_spectrogram else None
+        self.waveform = WaveformFrontEnd(config) if uses_waveform else None
+        self.waveform_norm = nn.LayerNorm(width) if uses_waveform else None
+        # Each branch is LayerNormed before the blend: their raw scales differ by orders of magnitude.
+        self.input_blend_logit = nn.Parameter(torch.empty(())) if config.input_mode == "both" else None
+        self.downsample = nn.Conv1d(width, width, kernel_size=3, stride=2, padding=1) if config.use_downsampling else None
+        self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.encoder_layers))
+        self.norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def input_blend(self) -> torch.Tensor | None:
+        """b = sigmoid(input_blend_logit) in [0, 1], the spectrogram's share in "both" mode; else None."""
+        return None if self.input_blend_logit is None else torch.sigmoid(self.input_blend_logit)
+
+    def output_valid(self, valid: torch.Tensor) -> torch.Tensor:
+        """(B, T) real mel frames -> (B, T') real encoder frames (T' = ceil(T / 2) with downsampling)."""
+        return valid[:, ::2] if self.downsample is not None else valid
+
+    def frame_mask(
+        self, input_features: torch.Tensor | None, waveform: torch.Tensor | None, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Check the inputs against `input_mode` and return the (B, T) bool mask of real mel frames."""
+        config = self.config
+        needs = {"spectrogram": ("input_features",), "waveform": ("waveform",), "both": ("input_features", "waveform")}
+        given = {"input_features": input_features, "waveform": waveform}
+        for name, value in given.items():
+            if (name in needs[config.input_mode]) != (value is not None):
+                verb = "needs" if value is None else "does not take"
+                raise ValueError(f"input_mode={config.input_mode!r} {verb} `{name}`")
+        if input_features is not None:
+            if input_features.dim() != 3 or input_features.shape[1] != config.num_mel_bins:
+                raise ValueError(
+                    f"input_features must be (batch, num_mel_bins={config.num_mel_bins}, frames), "
+                    f"got {tuple(input_features.shape)}"
+                )
+            batch, frames = input_features.shape[0], input_features.shape[2]
+        if waveform is not None:
+            if waveform.dim() != 2:
+                raise ValueError(f"waveform must be (batch, samples), got {tuple(waveform.shape)}")
+            if input_features is not None and (waveform.shape[0], waveform.shape[1] // HOP_LENGTH) != (batch, frames):
+                raise ValueError(
+                    f"waveform {tuple(waveform.shape)} must cover the same {frames} frames of 160 samples "
+                    f"as input_features {tuple(input_features.shape)}"
+                )
+            batch, frames = waveform.shape[0], waveform.shape[1] // HOP_LENGTH
+        if not 1 <= frames <= config.max_source_positions:
+            raise ValueError(
+                f"audio has {frames} mel frames ({frames / 100:.2f} s); this model takes 1 to "
+                f"max_source_positions={config.max_source_positions}"
+            )
+        device = (input_features if input_features is not None else waveform).device
+        positions = torch.arange(frames, device=device)
+        if attention_mask is None:
+            return torch.ones(batch, frames, dtype=torch.bool, device=device)
+        if tuple(attention_mask.shape) != (batch, frames):
+            raise ValueError(f"attention_mask must be (batch, frames) = {(batch, frames)}, got {tuple(attention_mask.shape)}")
+        valid = attention_mask.bool()
+        if not torch.equal(valid, positions[None, :] < valid.sum(1, keepdim=True)) or not bool(valid[:, 0].all()):
+            raise ValueError("attention_mask must mark a non-empty run of real frames at the start of each row (right padding)")
+        return valid
+
+    def forward(
+        self,
+        input_features: torch.Tensor | None = None,
+        waveform: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> BaseModelOutput:
+        """Args:
+            input_features: (B, M, T) log-mel, for "spectrogram" and "both".
+            waveform: (B, 160 T) samples at 16 kHz, for "waveform" and "both" (extra samples are dropped).
+            attention_mask: (B, T) 1 on real mel frames (right padding); None if nothing is padded.
+        Returns:
+            `BaseModelOutput` with last_hidden_state (B, T', D).
+        """
+        valid = self.frame_mask(input_features, waveform, attention_mask)
+        frames = valid.shape[1]
+        branches = []
+        if self.spectrogram is not None:
+            branches.append(self.spectrogram_norm(self.spectrogram(input_features, valid)))
+        if self.waveform is not None:
+            branches.append(self.waveform_norm(self.waveform(waveform[:, : frames * HOP_LENGTH], valid)))
+        if len(branches) == 2:
+            b = self.input_blend()
+            h = b * branches[0] + (1 - b) * branches[1]
+        else:
+            h = branches[0]
+        if self.downsample is not None:
+            h = h * valid[:, :, None].to(h.dtype)  # zero padding first: the stride-2 kernel reaches one frame past a clip
+            h = F.gelu(self.downsample(h.transpose(1, 2))).transpose(1, 2)
+            valid = self.output_valid(valid)
+        h = self.dropout(h)
+        mask = key_mask(valid)
+        betweenness_valid = None if mask is None else valid
+        for layer in self.layers:
+            h = layer(h, mask, betweenness_valid)
+        return BaseModelOutput(last_hidden_state=self.norm(h))
+
+
+class Decoder(nn.Module):
+    """Token ids -> (B, S, D) states: embedding, causal pre-LN blocks with cross-attention, final norm."""
+
+    def __init__(self, config: BRoPEASRConfig):
+        super().__init__()
+        self.max_target_positions = config.max_target_positions
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.decoder_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor | None,
+        cache: EncoderDecoderCache | None,
+    ) -> torch.Tensor:
+        """input_ids: (B, S) the new tokens (all of them without a cache); audio: (B, T', D);
+        audio_mask: (B, 1, 1, T') bool or None. Returns (B, S, D)."""
+        past = cache.get_seq_length() if cache is not None else 0
+        if past + input_ids.shape[1] > self.max_target_positions:
+            raise ValueError(
+                f"decoder sequence of {past + input_ids.shape[1]} tokens exceeds "
+                f"max_target_positions={self.max_target_positions}"
+            )
+        h = self.dropout(self.embed_tokens(input_ids))
+        for layer in self.layers:
+            h = layer(h, audio, audio_mask, cache)
+        return self.norm(h)
+
+
+# ------------------------------------------------------------------------------- the Hugging Face model
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher-forcing inputs: (B, S) labels (-100 on padding) -> (B, S) decoder inputs starting with the start token."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_token_id)
+    shifted[:, 0] = decoder_start_token_id
+    return shifted
+
+
+# How `_init_weights` initializes each module type that owns parameters; the report prints this table.
+INIT_RULES = {
+    "Linear": "truncated normal, std init_std, bias 0; residual outputs std init_std / sqrt(2 layers) [8]",
+    "Conv1d": "He normal (fan-in, for GELU), bias 0",
+    "Embedding": "normal, std init_std",
+    "LayerNorm": "weight 1, bias 0",
+    "Attention": "blend b = 0.5, temperature tau = sqrt(Dh), learned RoPE frequencies = fixed ones",
+    "BetweennessShift": "gate 0: bRoPE starts as plain RoPE",
+    "Encoder": "input blend b = 0.5",
+}
+
+
+class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
+    """The recognizer: encoder, decoder with an output projection tied to its embedding, optional CTC head.
+
+    `forward` gives the training loss and logits; `generate` (transformers' greedy and beam search
+    with a KV cache) transcribes.
+    """
+
+    config_class = BRoPEASRConfig
+    base_model_prefix = "model"
+    main_input_name = "input_features"
+    _no_split_modules = ["EncoderLayer", "DecoderLayer"]
+    _supports_sdpa = True
+
+    def __init__(self, config: BRoPEASRConfig):
+        super().__init__(config)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.ctc_head = nn.Linear(config.d_model, config.vocab_size) if config.ctc_weight > 0 else None
+        self.post_init()
+
+    def get_encoder(self) -> Encoder:
+        return self.encoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.decoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.decoder.embed_tokens = value
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        """Per-type init (see INIT_RULES). transformers' `init` functions skip tensors loaded by
+        `from_pretrained`; modules are visited children first, so a parent may re-initialize a child."""
+        config = self.config
+        std = config.init_std
+        if isinstance(module, nn.Linear):
+            init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (Attention, FeedForward)):
+            # Residual branches add up over depth: shrink their output layer as GPT-2 does [8].
+            output = module.out_proj if isinstance(module, Attention) else module.fc2
+            residual_std = std / math.sqrt(2 * (config.encoder_layers + config.decoder_layers))
+            init.trunc_normal_(output.weight, std=residual_std, a=-2 * residual_std, b=2 * residual_std)
+            if isinstance(module, Attention):
+                if module.blend_logit is not None:
+                    init.zeros_(module.blend_logit)
+                    init.constant_(module.log_temperature, 0.5 * math.log(module.head_dim))
+                if module.log_inv_freq is not None:
+                    init.copy_(module.log_inv_freq, rope_frequencies(module.head_dim, module.rope_theta).log())
+        elif isinstance(module, BetweennessShift):
+            init.zeros_(module.gate)
+        elif isinstance(module, Encoder) and module.input_blend_logit is not None:
+            init.zeros_(module.input_blend_logit)
+
+    def initialization_report(self) -> dict:
+        """Print and return how many modules of each type were initialized, and by what rule, plus parameter counts.
+
+        Returns:
+            {"modules": {type name: count}, "trainable_parameters": int, "total_parameters": int}.
+        """
+        counts = Counter(type(m).__name__ for m in self.modules() if type(m).__name__ in INIT_RULES)
+        report = {
+            "modules": dict(sorted(counts.items())),
+            "trainable_parameters": sum(p.numel() for p in self.parameters() if p.requires_grad),
+            "total_parameters": sum(p.numel() for p in self.parameters()),
+        }
+        lines = ["Initialization report"]
+        lines += [f"  {name:<17}{count:>5}  {INIT_RULES[name]}" for name, count in report["modules"].items()]
+        lines.append(f"  trainable parameters {report['trainable_parameters']:,} of {report['total_parameters']:,}")
+        print("\n".join(lines))
+        return report
+
+    def learned_blends(self) -> dict[str, float]:
+        """The learned mixing values, averaged over layers and heads: input blend (spectrogram share),
+        attention blend (cosine share), betweenness gate tanh(g). Only the enabled ones."""
+        attentions = [m for m in self.modules() if isinstance(m, Attention)]
+        values = {}
+        if self.encoder.input_blend_logit is not None:
+            values["input_blend"] = self.encoder.input_blend().item()
+        if self.config.blend_attention:
+            values["attention_blend"] = torch.cat([m.blend()[0] for m in attentions]).mean().item()
+        if self.config.use_betweenness:
+            gates = [torch.tanh(m.betweenness.gate) for m in attentions if m.betweenness is not None]
+            values["betweenness_gate"] = torch.cat(gates).mean().item()
+        return values
+
+    def forward(
+        self,
+        input_features: torch.Tensor | None = None,
+        waveform: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        labels: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+        use_cache: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Seq2SeqLMOutput | tuple:
+        """Args:
+            input_features: (B, M, T) log-mel (`log_mel_spectrogram`), for "spectrogram"/"both".
+            waveform: (B, 160 T) 16 kHz samples, for "waveform"/"both".
+            attention_mask: (B, T) 1 on real mel frames, right-padded; None if unpadded.
+            decoder_input_ids: (B, S) decoder inputs (with a cache, only the new ones); built from
+                `labels` when None.
+            encoder_outputs: precomputed encoder output (as `generate` passes); skips the encoder.
+            labels: (B, S) target ids ending with eos, -100 on padding.
+            cache: `EncoderDecoderCache` to read and extend; created when `use_cache` and None.
+            use_cache: return the cache for incremental decoding.
+            return_dict: False returns a tuple.
+        Returns:
+            `Seq2SeqLMOutput`: loss (token cross-entropy, + ctc_weight x CTC when on and labels are
+            given), logits (B, S, V), cache, encoder_last_hidden_state (B, T', D).
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_features, waveform, attention_mask)
+        audio = encoder_outputs[0]
+        if attention_mask is None:
+            valid = torch.ones(audio.shape[:2], dtype=torch.bool, device=audio.device)
+        else:
+            valid = self.encoder.output_valid(attention_mask.bool())
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("forward needs `decoder_input_ids` or `labels`")
+            decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+        if decoder_input_ids.dim() != 2:
+            raise ValueError(f"decoder_input_ids must be (batch, tokens), got {tuple(decoder_input_ids.shape)}")
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        hidden = self.decoder(decoder_input_ids, audio, key_mask(valid), cache)
+        logits = hidden @ self.decoder.embed_tokens.weight.T
+
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            if self.ctc_head is not None:
+                loss = loss + self.config.ctc_weight * self.ctc_loss(audio, valid, labels)
+        output = Seq2SeqLMOutput(
+            loss=loss, logits=logits, cache=cache if use_cache else None, encoder_last_hidden_state=audio
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def ctc_loss(self, audio: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CTC [6] of the encoder states against the transcript (special tokens dropped), blank = pad.
+
+        Args: audio (B, T', D); valid (B, T') bool; labels (B, S). Returns: scalar, mean over the batch
+        of the per-clip loss divided by its target length (PyTorch's "mean" reduction).
+        """
+        special = torch.tensor(
+            [self.config.pad_token_id, self.config.bos_token_id, self.config.eos_token_id], device=labels.device
+        )
+        keep = (labels != -100) & ~torch.isin(labels, special)
+        log_probs = self.ctc_head(audio).float().log_softmax(-1).transpose(0, 1)  # (T', B, V)
+        return F.ctc_loss(
+            log_probs,
+            labels[keep],
+            input_lengths=valid.sum(1),
+            target_lengths=keep.sum(1),
+            blank=self.config.pad_token_id,
+            zero_infinity=True,  # a clip too short for its transcript gives no gradient instead of inf
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_features: torch.Tensor | None = None,
+        waveform: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Transcribe: run the encoder once, then transformers' autoregressive search.
+
+        Args:
+            input_features, waveform, attention_mask: as `forward`.
+            **kwargs: `GenerationMixin.generate` options: max_new_tokens, num_beams, use_cache, ...
+                Without a length limit, decoding runs to eos or to max_target_positions tokens.
+        Returns:
+            (B, S) token ids starting with decoder_start_token_id (for the default, non-dict output).
+        """
+        encoder_outputs = self.encoder(input_features, waveform, attention_mask)
+        if attention_mask is None:  # generate would otherwise invent a mask from its dummy input ids
+            audio = input_features if input_features is not None else waveform
+            frames = audio.shape[2] if input_features is not None else audio.shape[1] // HOP_LENGTH
+            attention_mask = torch.ones(audio.shape[0], frames, dtype=torch.bool, device=audio.device)
+        if not {"max_length", "max_new_tokens", "generation_config"} & kwargs.keys():
+            kwargs["max_length"] = self.config.max_target_positions
+        return super().generate(encoder_outputs=encoder_outputs, attention_mask=attention_mask, **kwargs)
+
+
+# -------------------------------------------------------------------------------------------- decoding
+
+
+def transcribe(
+    model: BRoPEASRForConditionalGeneration, tokenizer, waveforms: list[torch.Tensor], num_beams: int = 1
+) -> list[str]:
+    """Transcribe clips by autoregressive decoding.
+
+    Args:
+        model: a trained recognizer (put in eval mode by the caller).
+        tokenizer: the transformers tokenizer saved with it.
+        waveforms: B clips, each (N_b,) float32 at 16 kHz (`load_audio` gives that).
+        num_beams: 1 for greedy search, more for beam search.
+    Returns:
+        B transcripts.
+    """
+    device = next(model.parameters()).device
+    inputs = {name: value.to(device) for name, value in batch_inputs(waveforms, model.config).items()}
+    ids = model.generate(**inputs, num_beams=num_beams)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+def edit_distance(reference: list | str, hypothesis: list | str) -> int:
+    """Levenshtein distance (substitutions + deletions + insertions), one DP row at a time."""
+    previous = list(range(len(hypothesis) + 1))
+    for i, ref_item in enumerate(reference, start=1):
+        current = [i]
+        for j, hyp_item in enumerate(hypothesis, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ref_item != hyp_item)))
+        previous = current
+    return previous[-1]
+
+
+def _error_rate(predictions: list[str], references: list[str], split, unit: str) -> float:
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
+    errors = sum(edit_distance(split(ref), split(hyp)) for hyp, ref in zip(predictions, references))
+    total = sum(len(split(ref)) for ref in references)
+    if total == 0:
+        raise ValueError(f"the references hold no {unit}s; the error rate is undefined")
+    return errors / total
+
+
+def word_error_rate(predictions: list[str], references: list[str]) -> float:
+    """Corpus WER: total word edits / total reference words (jiwer's `wer`; words split on whitespace)."""
+    return _error_rate(predictions, references, str.split, "word")
+
+
+def char_error_rate(predictions: list[str], references: list[str]) -> float:
+    """Corpus CER: total character edits / total reference characters, spaces included (jiwer's `cer`;
+    outer whitespace stripped)."""
+    return _error_rate(predictions, references, lambda text: list(text.strip()), "character")
+
+
+def token_scores(pred_ids: torch.Tensor, label_ids: torch.Tensor, ignore_index: int = -100) -> dict[str, float]:
+    """Position-wise token accuracy and support-weighted precision, recall and F1.
+
+    Equal to sklearn's `accuracy_score` and `precision_recall_fscore_support(average="weighted",
+    zero_division=0)` over the positions where the label is not `ignore_index`.
+
+    Args:
+        pred_ids, label_ids: integer tensors or arrays of one shape, e.g. (B, S).
+    Returns:
+        {"accuracy", "precision", "recall", "f1"}: floats in [0, 1].
+    """
+    pred, label = torch.as_tensor(pred_ids).long(), torch.as_tensor(label_ids).long()
+    if pred.shape != label.shape:
+        raise ValueError(f"pred_ids {tuple(pred.shape)} and label_ids {tuple(label.shape)} must have one shape")
+    keep = label != ignore_index
+    pred, label = pred[keep], label[keep]
+    if label.numel() == 0:
+        raise ValueError("no positions left after dropping ignore_index")
+    classes = int(max(pred.max(), label.max())) + 1
+    true_pos = torch.bincount(label[pred == label], minlength=classes).double()
+    predicted = torch.bincount(pred, minlength=classes).double()
+    support = torch.bincount(label, minlength=classes).double()
+    precision = torch.where(predicted > 0, true_pos / predicted.clamp(min=1), 0.0)
+    recall = torch.where(support > 0, true_pos / support.clamp(min=1), 0.0)
+    f1 = torch.where(predicted + support > 0, 2 * true_pos / (predicted + support).clamp(min=1), 0.0)
+    weights = support / support.sum()
+    return {
+        "accuracy": (pred == label).double().mean().item(),
+        "precision": (weights * precision).sum().item(),
+        "recall": (weights * recall).sum().item(),
+        "f1": (weights * f1).sum().item(),
+    }
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python brope_asr.py transcribe --model DIR FILE...`: print FILE<TAB>transcript per file.
+
+    A file that cannot be used gets a one-line error on stderr and the others go on; the exit
+    status is 1 if any file failed.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    parser = argparse.ArgumentParser(prog="brope_asr.py", description="brope-asr speech recognizer")
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("transcribe", help="transcribe audio files with a trained model")
+    command.add_argument("--model", required=True, help="directory written by save_pretrained (model and tokenizer)")
+    command.add_argument("--num-beams", type=int, default=1, help="1 = greedy search")
+    command.add_argument("files", nargs="+", help="audio files in any format soundfile reads, any rate, mono or stereo")
+    args = parser.parse_args(argv)
+
+    model = BRoPEASRForConditionalGeneration.from_pretrained(args.model).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(args.model)
+    failures = 0
+    for path in args.files:
+        try:
+            audio = load_audio(path)
+            text = transcribe(model, tokenizer, [audio], num_beams=args.num_beams)[0]
+        except ValueError as error:
+            message = str(error)
+            print(message if message.startswith(path) else f"{path}: {message}", file=sys.stderr, flush=True)
+            failures += 1
+            continue
+        print(f"{path}\t{text}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
