@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Generate the embedded spoken-digits corpus in ``data/`` with espeak-ng.
+
+brope-asr ships its own tiny corpus so that training and evaluation run end to
+end from a fresh clone: offline, reproducible, and free of licence questions.
+Every clip is synthetic speech of 1-7 connected English digits ("three one
+four"), produced by the espeak-ng formant synthesizer with a randomly drawn
+accent, voice variant, speaking rate and pitch.
+
+Output, in the Hugging Face "audiofolder" layout (``file_name`` is relative to
+the folder holding ``metadata.csv``)::
+
+    data/metadata.csv                          file_name,transcription,split
+    data/{train,validation,test}/NNNNNN.flac   16 kHz, mono, 16-bit FLAC
+
+The FLAC container is 16-bit, but each clip is quantized (with TPDF dither) to
+--bits significant bits, default 12, i.e. every sample is a multiple of 16:
+FLAC detects the constant zero low bits ("wasted bits") and does not store
+them, which makes clips ~36% smaller and leaves room for more of them.
+
+Splits:
+    train       training voices (TRAIN_VARIANTS x both accents)
+    validation  the same training voices, different utterances: measures fit
+    test        held-out voices only (TEST_VARIANTS x both accents): measures
+                generalisation to speakers never heard in training
+
+Regenerate (deterministic for a given --seed, --bits and split counts; each
+split has its own random stream and each clip its own dither stream, so
+changing one split's count leaves the other splits, and that split's first
+clips, as they are)::
+
+    apt-get install espeak-ng sox
+    python make_corpus.py
+
+espeak-ng and sox are needed only here; the recognizer reads the FLAC files.
+"""
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+
+# --- Test holdout -----------------------------------------------------------
+# These espeak-ng voice variants are used ONLY in the test split, with both
+# accents, so test speakers are never heard in train or validation: two male
+# (m3 and the Klatt-synthesizer klatt2) and two female (f2, linda).
+TEST_VARIANTS = ("m3", "klatt2", "f2", "linda")
+
+# --- Voices -----------------------------------------------------------------
+# Accents: American and British English. British is addressed as "en", not
+# "en-gb": espeak-ng 1.51 silently drops the "+variant" suffix from "en-gb".
+LANGUAGES = ("en-us", "en")
+
+# Variants from `espeak-ng --voices=variant` that sound like plain human
+# voices: the numbered male/female voices, the Klatt-synthesizer voices (a
+# different synthesis method, for acoustic diversity) and a few named female
+# voices to balance the genders. Novelty voices (whisper, robots, croak...)
+# are left out on purpose.
+MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "klatt", "klatt2", "klatt3")
+FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "Annie", "aunty", "linda")
+TRAIN_VARIANTS = tuple(v for v in MALE_VARIANTS + FEMALE_VARIANTS if v not in TEST_VARIANTS)
+
+# Prosody ranges, drawn uniformly per utterance (inclusive). Speed is in words
+# per minute (espeak-ng default 175); pitch is espeak-ng's 0-99 scale (default
+# 50), applied relative to each variant's own pitch range.
+SPEED_WPM = (140, 190)
+PITCH = (35, 65)
+
+# --- Text -------------------------------------------------------------------
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# Utterance length in digits, uniform over this inclusive range.
+NUM_DIGITS = (1, 7)
+
+# --- Audio ------------------------------------------------------------------
+SAMPLE_RATE = 16000  # the recognizer's input rate; espeak-ng renders 22050 Hz
+# Leading/trailing audio quieter than this (relative to the clip's peak) is
+# silence to trim; espeak-ng pads ~0.3 s of silence after each utterance.
+TRIM_THRESHOLD_DB = -50.0
+# Silence kept before the first and after the last audible sample, so that
+# onsets and decays are not clipped. 50 ms rather than 75 ms saves ~0.5% of the
+# FLAC bytes (two more training clips) and is still ample.
+TRIM_MARGIN_S = 0.05
+
+# Significant bits kept per sample (default of --bits). Samples are rounded to
+# multiples of 2**(16 - BITS) with TPDF dither, so the error is benign white
+# noise (RMS 2**(16 - BITS) / 2) instead of signal-correlated distortion; the
+# FLAC encoder then drops the constant zero low bits. The choice is the
+# fewest bits that keep every clip's quantization SNR (clip RMS over error RMS,
+# whole clip including margins) >= 45 dB. Measured on all 470 default clips,
+# with FLAC bytes relative to lossless 16-bit:
+#   12 bits: SNR min 46.2, mean 52.5 dB; 64% of the bytes   <- chosen
+#   11 bits: SNR min 40.1, mean 46.5 dB; 56% (mean passes, quiet clips do not)
+#   10 bits: SNR min 34.1, mean 40.4 dB; 48%
+# Peak-normalizing each clip to -3 dBFS before quantizing was tried and not
+# kept: it raised the minimum SNR by only ~2 dB (11 bits: 42.0 dB, still
+# short of 45), because the worst clips are quiet in RMS but not in peak (high
+# crest factor), and it cost ~1% more bytes at equal bits.
+BITS = 12
+
+# Clips per split (in generation order; the index seeds each split's random
+# stream). Sized to the 9 MB budget for data/ (`du -sb data` <= 9,000,000): an
+# average clip is ~1.5 s and ~18.7 kB of 12-bit FLAC, so 470 clips fit.
+# Validation and test stay just large enough (~120 and ~280 digits) for a
+# stable digit error rate; training gets all the rest.
+SPLIT_COUNTS = {"train": 370, "validation": 30, "test": 70}
+
+
+def check_tools():
+    """Exit with a one-line hint if espeak-ng or sox is not installed."""
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            sys.exit(f"error: `{tool}` not found; install it with `apt-get install {tool}`")
+
+
+def check_voices():
+    """Exit unless every LANGUAGES x variant voice really is a distinct voice.
+
+    espeak-ng does not report an unusable variant: it silently speaks with the
+    plain language voice instead (unknown name, or a language alias that drops
+    the suffix), which would quietly merge held-out and training speakers. So
+    each "<language>+<variant>" must sound different from "<language>" alone.
+    """
+    def speak(voice):
+        result = subprocess.run(["espeak-ng", "-v", voice, "--stdout", "zero"], capture_output=True)
+        if result.returncode != 0:
+            sys.exit(f"error: espeak-ng cannot speak with voice {voice!r}: {result.stderr.decode().strip()}")
+        return result.stdout
+
+    for language in LANGUAGES:
+        plain = speak(language)
+        ignored = [v for v in MALE_VARIANTS + FEMALE_VARIANTS if speak(f"{language}+{v}") == plain]
+        if ignored:
+            sys.exit(f"error: espeak-ng ignores variants {ignored} for {language!r}; "
+                     "edit LANGUAGES/*_VARIANTS")
+
+
+def synthesize(text, voice, speed, pitch):
+    """Speak `text` with espeak-ng and return 16 kHz mono int16 samples.
+
+    espeak-ng writes a 22050 Hz WAV to stdout; sox resamples it with its
+    band-limited "very high quality" rate effect. -G lowers the gain just
+    enough to stop resampler overshoot from clipping (some voices peak near
+    full scale); -D disables dither so that output is deterministic and
+    espeak-ng's digital silence stays exactly zero.
+    """
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        capture_output=True,
+        check=True,
+    ).stdout
+    raw = subprocess.run(
+        ["sox", "-D", "-G", "-t", "wav", "-", "-t", "raw", "-e", "signed-integer", "-b", "16",
+         "-c", "1", "-", "rate", "-v", str(SAMPLE_RATE)],
+        input=wav,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return np.frombuffer(raw, dtype="<i2")
+
+
+def trim_silence(audio):
+    """Cut leading/trailing silence from `audio`, leaving TRIM_MARGIN_S each side.
+
+    espeak-ng starts speaking within ~10 ms, so the leading margin is usually
+    completed with zeros (digital silence, like espeak-ng's own).
+    """
+    magnitude = np.abs(audio.astype(np.int32))
+    peak = magnitude.max()
+    if peak == 0:
+        raise RuntimeError("espeak-ng produced a silent clip")
+    audible = np.flatnonzero(magnitude > peak * 10 ** (TRIM_THRESHOLD_DB / 20))
+    start, end = audible[0], audible[-1] + 1
+    margin = round(TRIM_MARGIN_S * SAMPLE_RATE)
+    clip = audio[max(start - margin, 0) : end + margin]
+    return np.pad(clip, (max(margin - start, 0), max(end + margin - len(audio), 0)))
+
+
+def quantize(audio, bits, rng):
+    """Round int16 `audio` to `bits` significant bits, with TPDF dither.
+
+    Samples become multiples of step = 2**(16 - bits). Triangular dither of
+    +-1 step (difference of two uniforms from `rng`) is added before rounding,
+    making the error signal-independent noise. Exact zeros (espeak-ng's digital
+    silence and the trim padding) stay exactly zero: they carry no signal to
+    quantize, and undithered silence compresses to almost nothing.
+    """
+    if bits >= 16:
+        return audio
+    step = 2 ** (16 - bits)
+    dither = (rng.random(len(audio)) - rng.random(len(audio))) * step
+    quantized = np.round((audio + dither) / step) * step
+    quantized = np.clip(quantized, -32768, 32768 - step)  # largest multiple of step in int16
+    quantized[audio == 0] = 0
+    return quantized.astype(np.int16)
+
+
+def draw_utterances(rng, count, variants):
+    """Draw `count` random (transcription, voice, speed, pitch) tuples.
+
+    The voice is an espeak-ng "<language>+<variant>" name with the accent from
+    LANGUAGES and the variant from `variants`.
+    """
+    utterances = []
+    for _ in range(count):
+        num_digits = rng.integers(NUM_DIGITS[0], NUM_DIGITS[1] + 1)
+        words = [DIGIT_WORDS[d] for d in rng.integers(0, len(DIGIT_WORDS), size=num_digits)]
+        voice = f"{rng.choice(LANGUAGES)}+{rng.choice(variants)}"
+        speed = int(rng.integers(SPEED_WPM[0], SPEED_WPM[1] + 1))
+        pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
+        utterances.append((" ".join(words), voice, speed, pitch))
+    return utterances
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="data", help="output folder (default: data)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--bits", type=int, default=BITS, choices=range(8, 17), metavar="{8..16}",
+                        help=f"significant bits per sample, 16 = lossless (default: {BITS}; "
+                             "see BITS for why)")
+    for split, count in SPLIT_COUNTS.items():
+        parser.add_argument(f"--{split}", type=int, default=count,
+                            help=f"number of {split} clips (default: {count})")
+    args = parser.parse_args()
+
+    check_tools()
+    check_voices()
+
+    split_variants = {"train": TRAIN_VARIANTS, "validation": TRAIN_VARIANTS, "test": TEST_VARIANTS}
+    rows = []
+    for split_index, split in enumerate(SPLIT_COUNTS):
+        rng = np.random.default_rng([args.seed, split_index])
+        utterances = draw_utterances(rng, getattr(args, split), split_variants[split])
+        split_dir = os.path.join(args.out, split)
+        shutil.rmtree(split_dir, ignore_errors=True)  # no stale clips from a bigger run
+        os.makedirs(split_dir)
+        for index, (text, voice, speed, pitch) in enumerate(utterances):
+            audio = trim_silence(synthesize(text, voice, speed, pitch))
+            # Each clip's dither has its own stream (a spawned child of the
+            # split's seed), so it does not depend on the split counts.
+            dither_rng = np.random.default_rng(
+                np.random.SeedSequence([args.seed, split_index], spawn_key=(index,)))
+            audio = quantize(audio, args.bits, dither_rng)
+            file_name = f"{split}/{index:06d}.flac"
+            sf.write(os.path.join(args.out, file_name), audio, SAMPLE_RATE,
+                     subtype="PCM_16", format="FLAC", compression_level=1.0)
+            rows.append((file_name, text, split))
+        print(f"{split}: {len(utterances)} clips")
+
+    with open(os.path.join(args.out, "metadata.csv"), "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("file_name", "transcription", "split"))
+        writer.writerows(rows)
+
+    total = sum(os.path.getsize(os.path.join(args.out, name)) for name, _, _ in rows)
+    print(f"wrote {len(rows)} clips, {total / 1e6:.2f} MB of FLAC, to {args.out}/")
+
+
+if __name__ == "__main__":
+    main()
