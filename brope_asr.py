@@ -547,7 +547,11 @@ class Attention(nn.Module):
         """The blend factor b in [0, 1] and cosine temperature tau in [1, max], each (H,); (None, None) if off."""
         if self.blend_logit is None:
             return None, None
-        return torch.sigmoid(self.blend_logit), self.log_temperature.exp().clamp(1.0, self.max_temperature)
+        # Clamp in log space first, as Swin V2 does: exp of a large logit is inf, whose gradient is
+        # NaN; the outer clamp only removes float rounding at the bounds.
+        log_max = math.log(self.max_temperature)
+        temperature = self.log_temperature.clamp(0.0, log_max).exp().clamp(1.0, self.max_temperature)
+        return torch.sigmoid(self.blend_logit), temperature
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
         """(Dh / 2,) rotary frequencies: learned, or computed from theta (never stored as a buffer)."""

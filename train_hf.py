@@ -339,7 +339,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    """Train, save, and test; returns the test metrics (empty without a test split)."""
+    """Train, save, and test; returns the test metrics (none without a test split) and "train_seconds"."""
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     splits = load_splits(args)
@@ -418,13 +418,13 @@ def main(argv=None) -> dict:
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
     trainer.save_model(str(output_dir))  # model (safetensors) and tokenizer
-    results = {}
+    results = {"train_seconds": elapsed}
     if "test" in prepared:
-        results = trainer.predict(prepared["test"], metric_key_prefix="test").metrics
+        results.update(trainer.predict(prepared["test"], metric_key_prefix="test").metrics)
     if trainer.is_world_process_zero():
         table.save(output_dir)
         print(f"learned blends: {model.learned_blends()}; training time {elapsed:.0f} s")
-        if results:
+        if "test_wer" in results:
             print(f"test WER {100 * results['test_wer']:.2f}% (CER {100 * results['test_cer']:.2f}%) on {len(prepared['test'])} clips")
     return results
 

@@ -1,0 +1,364 @@
+"""Ablation grid for brope-asr: input mode x betweenness x blended attention, several seeds per cell.
+
+Every cell of input_mode {spectrogram, waveform, both} x betweenness {off, on} x blended attention
+{off, on} is trained by `train_hf.main` on the embedded spoken-digits corpus with seeds 0..N-1, every
+run with the same number of steps, and tested on the held-out voices. One table reports, per cell,
+the mean +- sample standard deviation over seeds of test WER and CER and of the final validation
+loss, the parameter count, the wall time of a run, and the learned blend values at the end:
+
+    python ablate.py                         # 12 cells x 3 seeds x 300 steps, about 84 min on 2 CPU cores
+    python ablate.py --quick                 # 12 cells x 1 seed x 30 steps, a look in about 4 minutes
+    python ablate.py --threads 1             # one torch thread per run: much faster on shared cores
+    python ablate.py --modes spectrogram --betweenness off on --blend off --seeds 5
+    python ablate.py -- --ctc-weight 0.3     # options after -- go to every train_hf.py run
+
+Layout: <output-dir>/<cell>/seed<k>/ is a train_hf run directory (model, tokenizer, metrics.csv)
+plus result.json. A run whose result.json exists is not trained again, so a stopped grid resumes
+where it stopped; a run that crashed leaves error.txt instead, the grid goes on, and the next
+invocation retries it. <output-dir>/ablation.md (the table and a comparison of every cell with the
+first one), ablation.csv, and ablation_wer.png when matplotlib is installed summarize the grid.
+
+Budget, measured on this project's 2-core machine while other jobs shared it, in CPU seconds of
+a run with one torch thread (robust to the sharing, and an upper bound on the wall time of the
+default threads on 2 idle cores): a run of N steps costs 3-5 s (corpus from the datasets cache,
+model, validation and test decoding with generate, saving) plus 0.29 s per step for the cheapest
+cell (spectrogram, off, off) and 0.62 s for the dearest (both, on, on), fitted on 10- and 40-step
+runs; a step of each of the 12 cells averages 0.45 s. So 36 runs x (5 + 0.45 x 300) s = 84 min.
+On cores that other jobs also use, torch's default of one thread per core made steps up to ten
+times slower than --threads 1.
+"""
+
+import argparse
+import csv
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import train_hf
+from brope_asr import BRoPEASRForConditionalGeneration
+
+MODES = ("spectrogram", "waveform", "both")
+SWITCHES = {"off": False, "on": True}
+DEFAULT_STEPS = 300  # 12 cells x 3 seeds in 84 min on 2 CPU cores (measurement in the module docstring)
+QUICK_STEPS = 30  # exercises every cell and fills the table; WER is still above 100% this early
+BLENDS = ("input_blend", "attention_blend", "betweenness_gate")  # keys of model.learned_blends()
+# train_hf options that define a cell and its budget: set by this script, never passed through after --
+MANAGED = ("--output-dir", "--input-mode", "--betweenness", "--no-betweenness", "--blend-attention",
+           "--no-blend-attention", "--seed", "--max-steps", "--eval-steps", "--resume")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One configuration of the grid."""
+
+    input_mode: str
+    betweenness: bool
+    blend_attention: bool
+
+    @property
+    def name(self) -> str:
+        """Directory and table name, e.g. "spectrogram_betweenness-off_blend-on"."""
+        on = {False: "off", True: "on"}
+        return f"{self.input_mode}_betweenness-{on[self.betweenness]}_blend-{on[self.blend_attention]}"
+
+    def flags(self) -> list[str]:
+        """The train_hf.py options that select this cell."""
+        return [
+            "--input-mode", self.input_mode,
+            "--betweenness" if self.betweenness else "--no-betweenness",
+            "--blend-attention" if self.blend_attention else "--no-blend-attention",
+        ]
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """Split argv at "--": this script's options before it, train_hf.py options after it.
+
+    Returns: (options with seeds, max_steps and output_dir resolved for --quick, train_hf options).
+    Raises ValueError when a train_hf option after -- is one this script sets itself.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Options after -- are passed to every train_hf.py run."
+    )
+    parser.add_argument("--output-dir", help="grid root (default runs/ablation, or runs/ablation-quick with --quick)")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 per cell (default 3, or 1 with --quick)")
+    parser.add_argument("--max-steps", type=int, help=f"training steps of every run (default {DEFAULT_STEPS}, or {QUICK_STEPS} with --quick)")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} steps and 1 seed: a look at the whole grid in minutes")
+    parser.add_argument("--threads", type=int, help="torch threads for the runs (default: torch's, one per core)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="input modes to train")
+    parser.add_argument("--betweenness", nargs="+", choices=SWITCHES, default=list(SWITCHES), help="bRoPE settings to train")
+    parser.add_argument("--blend", nargs="+", choices=SWITCHES, default=list(SWITCHES), help="blended attention settings to train")
+    args = parser.parse_args(own)
+    args.seeds = args.seeds if args.seeds is not None else 1 if args.quick else 3
+    args.max_steps = args.max_steps if args.max_steps is not None else QUICK_STEPS if args.quick else DEFAULT_STEPS
+    args.output_dir = Path(args.output_dir or ("runs/ablation-quick" if args.quick else "runs/ablation"))
+    for option in ("seeds", "max_steps", "threads"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
+    # argparse also takes a prefix of an option (--max for --max-steps), so prefixes clash too
+    clashes = [
+        option for option in extra
+        if option.startswith("--") and any(managed.startswith(option.split("=")[0]) for managed in MANAGED)
+    ]
+    if clashes:
+        raise ValueError(
+            f"{clashes} after -- are set by ablate.py; use its own --modes/--betweenness/--blend/--seeds/--max-steps/--output-dir"
+        )
+    return args, extra
+
+
+def grid(args: argparse.Namespace) -> list[Cell]:
+    """The cells selected by --modes, --betweenness and --blend, input mode varying slowest."""
+    return [
+        Cell(mode, SWITCHES[betweenness], SWITCHES[blend])
+        for mode in dict.fromkeys(args.modes)
+        for betweenness in dict.fromkeys(args.betweenness)
+        for blend in dict.fromkeys(args.blend)
+    ]
+
+
+def run_arguments(cell: Cell, seed: int, max_steps: int, extra: list[str]) -> list[str]:
+    """train_hf.py options of one run, without --output-dir (so a moved grid still resumes).
+
+    Validation runs once, at the end (--eval-steps = --max-steps), to spend the budget on training;
+    warmup is 10% of the steps. Options in `extra` come last, so they override the warmup.
+    """
+    return cell.flags() + [
+        "--seed", str(seed),
+        "--max-steps", str(max_steps),
+        "--eval-steps", str(max_steps),
+        "--warmup-steps", str(max_steps // 10),
+    ] + extra
+
+
+def train(run_dir: Path, arguments: list[str]) -> dict:
+    """Train and test one run with train_hf.main and write its result.json.
+
+    Returns: {"test_wer", "test_cer", "val_loss", "parameters", "seconds", BLENDS that are enabled...,
+    "arguments"}; seconds is the wall time of the whole train_hf run (data, training, validation, test).
+    """
+    started = time.time()
+    metrics = train_hf.main(arguments + ["--output-dir", str(run_dir)])
+    seconds = time.time() - started
+    with open(run_dir / "metrics.csv", newline="") as file:
+        val_loss = float(list(csv.DictReader(file))[-1]["eval_loss"])
+    model = BRoPEASRForConditionalGeneration.from_pretrained(str(run_dir))
+    result = {
+        "test_wer": metrics["test_wer"],
+        "test_cer": metrics["test_cer"],
+        "val_loss": val_loss,
+        "parameters": model.num_parameters(),
+        "seconds": seconds,
+        **model.learned_blends(),
+        "arguments": arguments,
+    }
+    for checkpoint in run_dir.glob("checkpoint-*"):  # a finished run is never resumed: keep only the final model
+        shutil.rmtree(checkpoint)
+    partial = run_dir / "result.json.partial"  # renamed when complete: a killed write never looks finished
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(run_dir / "result.json")
+    return result
+
+
+def load_finished(runs: list[tuple[Path, list[str]]]) -> dict[Path, dict]:
+    """The results of the runs (run directory, train_hf options) whose result.json exists, by directory.
+
+    Raises ValueError, before anything trains, when a result.json was made with other train_hf options.
+    """
+    finished = {}
+    for run_dir, arguments in runs:
+        saved = run_dir / "result.json"
+        if saved.exists():
+            result = json.loads(saved.read_text())
+            if result["arguments"] != arguments:
+                raise ValueError(
+                    f"{saved} was trained with {result['arguments']}, not {arguments}; "
+                    "use another --output-dir or delete that run"
+                )
+            finished[run_dir] = result
+    return finished
+
+
+def train_or_record(run_dir: Path, arguments: list[str]) -> dict | None:
+    """`train`, except that a crash is written to run_dir/error.txt and returns None, so the grid goes on."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    print(f"ablate: training {run_dir}", flush=True)
+    try:
+        return train(run_dir, arguments)
+    except Exception:  # any crash of one run is recorded; the other runs still train
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        print(f"ablate: {run_dir} failed, see {run_dir / 'error.txt'}", flush=True)
+        return None
+
+
+def spread(values: list[float]) -> tuple[float, float]:
+    """(mean, sample standard deviation); the deviation is nan for fewer than two values."""
+    mean = statistics.fmean(values) if values else math.nan
+    return mean, statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def summarize(cell: Cell, results: list[dict | None]) -> dict:
+    """One table row: mean and std over the cell's finished runs of every reported quantity."""
+    done = [result for result in results if result is not None]
+    row = {
+        "cell": cell.name,
+        "input_mode": cell.input_mode,
+        "betweenness": cell.betweenness,
+        "blend_attention": cell.blend_attention,
+        "runs": len(done),
+        "failed": len(results) - len(done),
+        "parameters": done[0]["parameters"] if done else None,
+    }
+    for key in ("test_wer", "test_cer", "val_loss", "seconds") + BLENDS:
+        row[f"{key}_mean"], row[f"{key}_std"] = spread([result[key] for result in done if key in result])
+    return row
+
+
+def plus_minus(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    """Format scale * (mean, std) as "m ± s", as "m" alone for one run, and as "–" for none."""
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(std):
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
+
+
+def markdown_table(rows: list[dict], seeds: int) -> str:
+    """The grid as a markdown table, WER and CER in percent."""
+    header = ("config", "runs", "test WER (%)", "test CER (%)", "val loss", "params", "time/run (s)",
+              "input blend", "attention blend", "betweenness gate")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for row in rows:
+        cells = (
+            row["cell"],
+            f"{row['runs']}" if row["runs"] == seeds else f"{row['runs']} of {seeds}",
+            plus_minus(row["test_wer_mean"], row["test_wer_std"], 100),
+            plus_minus(row["test_cer_mean"], row["test_cer_std"], 100),
+            plus_minus(row["val_loss_mean"], row["val_loss_std"], digits=3),
+            f"{row['parameters']:,}" if row["parameters"] else "–",
+            plus_minus(row["seconds_mean"], row["seconds_std"], digits=0),
+            *(plus_minus(row[f"{key}_mean"], row[f"{key}_std"], digits=3) for key in BLENDS),
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison(rows: list[dict]) -> list[str]:
+    """Each cell's mean test WER against the first cell's (the baseline in the default grid).
+
+    A difference counts as larger than the seed-to-seed spread when it exceeds the pooled sample
+    standard deviation of the two cells, sqrt((s1^2 + s2^2) / 2); with one seed there is no spread.
+    """
+    finished = [row for row in rows if row["runs"]]
+    if len(finished) < 2:
+        return []
+    reference, lines = finished[0], []
+    for row in finished[1:]:
+        difference = 100 * (row["test_wer_mean"] - reference["test_wer_mean"])
+        pooled = 100 * math.sqrt((row["test_wer_std"] ** 2 + reference["test_wer_std"] ** 2) / 2)
+        if math.isnan(pooled):
+            verdict = "no seed-to-seed spread to compare with (fewer than 2 seeds)"
+        elif abs(difference) > pooled:
+            verdict = f"larger than the seed-to-seed spread ({pooled:.2f})"
+        else:
+            verdict = f"within the seed-to-seed spread ({pooled:.2f})"
+        lines.append(f"- {row['cell']} vs {reference['cell']}: WER {difference:+.2f} points, {verdict}")
+    return lines
+
+
+def write_csv(rows: list[dict], path: Path):
+    """The summary rows as CSV, one line per cell, rates as fractions."""
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_wer(rows: list[dict], path: Path) -> bool:
+    """A bar chart of mean test WER per cell with std error bars; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    finished = [row for row in rows if row["runs"]]
+    figure, axes = plt.subplots(figsize=(8, 0.4 * len(finished) + 1.2))
+    errors = [0.0 if math.isnan(row["test_wer_std"]) else 100 * row["test_wer_std"] for row in finished]
+    axes.barh([row["cell"] for row in finished], [100 * row["test_wer_mean"] for row in finished], xerr=errors, capsize=3)
+    axes.invert_yaxis()  # first cell on top, as in the table
+    axes.set(xlabel="test WER (%), mean ± std over seeds", title="brope-asr ablation")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Train every missing run of the grid, then write and print the table.
+
+    Returns: the summary rows (one dict per cell, as in ablation.csv).
+    """
+    args, extra = parse_args(argv)
+    plan = {
+        cell: [
+            (args.output_dir / cell.name / f"seed{seed}", run_arguments(cell, seed, args.max_steps, extra))
+            for seed in range(args.seeds)
+        ]
+        for cell in grid(args)
+    }
+    options = train_hf.parse_args(next(iter(plan.values()))[0][1])  # a bad train_hf option fails here, not in every run
+    if not options.test_split:
+        raise ValueError("the ablation reports test WER and CER: --test-split must name a split, got an empty one")
+    finished = load_finished([run for runs in plan.values() for run in runs])
+    print(f"ablate: {len(plan) * args.seeds} runs, {len(finished)} already finished", flush=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows, failures = [], []
+    for cell, runs in plan.items():
+        results = []
+        for run_dir, arguments in runs:
+            results.append(finished[run_dir] if run_dir in finished else train_or_record(run_dir, arguments))
+            if results[-1] is None:
+                failures.append(run_dir)
+        rows.append(summarize(cell, results))
+    budget = f"{args.max_steps} steps per run, seeds 0..{args.seeds - 1}"
+    budget += f", train_hf options {' '.join(extra)}" if extra else ""
+    lines = [
+        markdown_table(rows, args.seeds),
+        "",
+        f"{budget}. Mean ± sample std over seeds; time/run is the wall time of a whole run (training, validation, test).",
+    ]
+    notes = comparison(rows)
+    if notes:
+        lines += ["", "Test WER against the first row:", *notes]
+    report = "\n".join(lines) + "\n"
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "ablation.md").write_text(report)
+    write_csv(rows, args.output_dir / "ablation.csv")
+    plotted = plot_wer(rows, args.output_dir / "ablation_wer.png") if any(row["runs"] for row in rows) else False
+    print("\n" + report)
+    print(f"wrote {args.output_dir / 'ablation.md'}, ablation.csv" + (", ablation_wer.png" if plotted else ""))
+    if failures:
+        print(f"{len(failures)} runs failed (each has an error.txt; rerun to retry):\n" + "\n".join(map(str, failures)))
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        rows = main()
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    sys.exit(1 if any(row["failed"] for row in rows) else 0)
