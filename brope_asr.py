@@ -239,16 +239,17 @@ def log_mel_spectrogram(
         raise ValueError(f"every clip needs at least {N_FFT} samples (25 ms), got {int(lengths.min())}")
 
     # Reflect-pad each clip about its own ends (torch.stft's center=True would reflect the batch's
-    # padding instead): index p of the padded signal reads sample |p| mirrored back from length-1.
+    # padding instead): reflect whole rows, then write each clip's own right-hand mirror after it.
     pad = N_FFT // 2
-    p = torch.arange(-pad, n_samples + pad, device=batch.device).abs()
+    padded = F.pad(batch[:, None], (pad, pad), mode="reflect")[:, 0]
+    offsets = torch.arange(1, pad + 1, device=batch.device)
     last = (lengths - 1)[:, None]
-    index = torch.where(p > last, 2 * last - p, p).clamp(0, n_samples - 1)
-    padded = torch.gather(batch, 1, index)
+    padded.scatter_(1, last + pad + offsets, batch.gather(1, last - offsets))
 
     window = torch.hann_window(N_FFT, periodic=True, device=batch.device)
     stft = torch.stft(padded, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
-    power = stft[..., : n_samples // HOP_LENGTH].abs() ** 2  # Whisper drops the last centred frame
+    stft = stft[..., : n_samples // HOP_LENGTH]  # Whisper drops the last centred frame
+    power = stft.real.square() + stft.imag.square()  # |z|^2 without abs()'s square root
     filters = mel_filterbank(n_mels, sampling_rate).to(power)
     log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
 
@@ -292,7 +293,7 @@ def resample(audio: torch.Tensor | np.ndarray, orig_sr: int, target_sr: int = SA
     kernel = (torch.special.sinc(t) * window * cutoff / down).float()  # (up, K)
 
     shape = audio.shape
-    flat = F.pad(audio.reshape(-1, 1, shape[-1]), (width, width + down))
+    flat = F.pad(audio.reshape(math.prod(shape[:-1]), 1, shape[-1]), (width, width + down))
     out = F.conv1d(flat, kernel[:, None, :], stride=down)  # (batch, up, steps): phase-major
     out = out.transpose(1, 2).reshape(flat.shape[0], -1)
     target_length = math.ceil(up * shape[-1] / down)
@@ -379,8 +380,18 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tenso
     Returns:
         (..., S, Dh), dtype of x; angles are formed in float32 so position 3000 keeps its precision.
     """
+    return rotate(x, *rotary_cos_sin(positions, inv_freq))
+
+
+def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles position x frequency, each (..., S, Dh / 2) float32."""
     angles = positions.to(inv_freq.dtype)[..., None] * inv_freq
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The half-split rotation of `apply_rotary` with precomputed (..., S, Dh / 2) cos and sin."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
@@ -424,26 +435,29 @@ def betweenness_score(
 
 
 class BetweennessShift(nn.Module):
-    """bRoPE's learned position shift: max_shift * tanh(gate_h) * betweenness of the value vectors.
+    """bRoPE's learned position shift: max_shift * tanh(gate) * betweenness of the value vectors.
 
-    Distances are measured in a learned projection of each head's value vectors. Values (unlike
-    rotated keys) are position-free and are already held by the decoder's KV cache, so the shift of
-    a new token can be computed from the cache alone. The gate starts at 0, so an untrained bRoPE is
-    exactly plain RoPE, and tanh bounds the shift to +-max_shift tokens. The shift varies from token
-    to token by construction: a shift shared by all tokens would cancel in q.k.
+    Distances are measured in a learned projection of the value vectors, concatenated over heads.
+    Values (unlike rotated keys) are position-free and already held by the decoder's KV cache, so a
+    new token's shift is computed from the cache alone. One shift per token serves all heads of the
+    layer, so cos/sin are evaluated once per token, as for plain RoPE, not once per head. The gate
+    starts at 0, so an untrained bRoPE is exactly plain RoPE, and tanh bounds the shift to
+    +-max_shift tokens. The shift varies from token to token by construction: a shift shared by all
+    tokens would cancel in q.k.
     """
 
     def __init__(self, config: BRoPEASRConfig, num_heads: int):
         super().__init__()
         self.proj = nn.Linear(config.d_model // num_heads, config.betweenness_dim, bias=False)
-        self.gate = nn.Parameter(torch.empty(num_heads))
+        self.gate = nn.Parameter(torch.empty(()))
         self.offset = config.betweenness_offset
         self.max_shift = config.betweenness_max_shift
 
     def forward(self, values: torch.Tensor, causal: bool, valid: torch.Tensor | None) -> torch.Tensor:
-        """Args: values (B, H, S, Dh); valid (B, S) bool or None. Returns: (B, H, S) shift in tokens."""
-        score = betweenness_score(self.proj(values), self.offset, causal, valid)
-        return self.max_shift * torch.tanh(self.gate)[:, None] * score
+        """Args: values (B, H, S, Dh); valid (B, S) bool or None. Returns: (B, 1, S) shift in tokens."""
+        z = self.proj(values).transpose(1, 2).flatten(2)[:, None]  # (B, 1, S, H P)
+        score = betweenness_score(z, self.offset, causal, valid)
+        return self.max_shift * torch.tanh(self.gate) * score
 
 
 # ------------------------------------------------------------------------------------------- attention
@@ -600,9 +614,9 @@ class Attention(nn.Module):
             positions = torch.arange(total, device=x.device, dtype=torch.float32)
             if self.betweenness is not None:
                 positions = positions + self.betweenness(v, causal=self.kind == "causal", valid=valid)
-            inv_freq = self.inv_freq(x.device)
-            q = apply_rotary(q, positions[..., total - length :], inv_freq)
-            k = apply_rotary(k, positions, inv_freq)
+            cos, sin = rotary_cos_sin(positions, self.inv_freq(x.device))  # shared by q and k
+            q = rotate(q, cos[..., total - length :, :], sin[..., total - length :, :])
+            k = rotate(k, cos, sin)
             if self.kind == "causal" and length > 1:
                 if length == total:
                     is_causal = True  # lets the fused kernel skip the masked half
@@ -720,7 +734,9 @@ class WaveformFrontEnd(nn.Module):
     def __init__(self, config: BRoPEASRConfig):
         super().__init__()
         width = config.d_model
-        channels = (width // 4, width // 2, width, width)  # narrow where the rate is high: cost is rate x width^2
+        # Channels double as the rate falls fourfold, so every layer after the first costs about the
+        # same per frame: the whole stack costs about one encoder block, not a whole encoder.
+        channels = (width // 8, width // 4, width // 2, width)
         inputs = (1,) + channels[:-1]
         self.convs = nn.ModuleList(
             nn.Conv1d(c_in, c_out, kernel_size=2 * stride, stride=stride)
@@ -1000,7 +1016,7 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
             values["attention_blend"] = torch.cat([m.blend()[0] for m in attentions]).mean().item()
         if self.config.use_betweenness:
             gates = [torch.tanh(m.betweenness.gate) for m in attentions if m.betweenness is not None]
-            values["betweenness_gate"] = torch.cat(gates).mean().item()
+            values["betweenness_gate"] = torch.stack(gates).mean().item()
         return values
 
     def forward(
