@@ -1,0 +1,827 @@
+"""Benchmark brope-asr against its anchors on one machine and print one markdown table of ratios.
+
+Every figure is measured in the same run as the anchor it is compared with, so the ratios hold on
+the machine that ran them even where the absolute numbers do not carry over. The rows:
+
+1. Training step (forward, backward, AdamW) on a batch of 3-s clips at the small and seed presets,
+   against a random-init `WhisperForConditionalGeneration` of the same size [2] on its 30-s input,
+   against a Whisper whose `max_source_positions` is cut to the clips' length, and ours on the same
+   30-s input; all options on (betweenness, blended attention, both inputs) against options off.
+2. `generate`: greedy and beam-4 latency against Whisper's `generate`; cached against uncached.
+3. `log_mel_spectrogram` against `WhisperFeatureExtractor`'s numpy and torch paths, one clip at a
+   time and as a batch, with the largest absolute difference of the features.
+4. bRoPE (RoPE at betweenness-shifted positions) against plain RoPE and against the straightforward
+   implementation of the same score (a full pairwise distance matrix and a Python loop over
+   positions, `brope_straightforward` below): time and peak memory at 128 to 3000 positions.
+5. Model FLOP utilization of the seed training step: its model FLOP/s over the `torch.matmul` rate.
+6. With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast.
+
+Every ratio reads "higher is better for us": anchor time / our time (throughput: ours / anchor);
+for FLOP utilization our FLOP/s / the matmul FLOP/s; for memory growth, our bytes per position at
+the shortest length / at the longest. A target is the smallest ratio wanted, and "met?" compares
+the two. Progress goes to stderr, the report to stdout. Models get random weights and clips are
+seeded noise: speed does not depend on what is said.
+
+    python bench_brope_asr.py                  # the full table: about 15 minutes on 2 CPU cores
+    python bench_brope_asr.py --quick          # tiny sizes, 1 repeat: a smoke run; it checks no speed
+    python bench_brope_asr.py --threads 2 --repeats 5 --out bench.md
+    python bench_brope_asr.py --device cuda    # adds the GPU column (bf16 autocast)
+
+References (as in brope_asr.py): [2] Radford et al., Whisper, arXiv:2212.04356.
+"""
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+from brope_asr import (
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    BetweennessShift,
+    BRoPEASRConfig,
+    BRoPEASRForConditionalGeneration,
+    apply_rotary,
+    batch_inputs,
+    log_mel_spectrogram,
+    rope_frequencies,
+)
+
+SEED = 0
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second, ours and Whisper's
+CLIP_SECONDS = 3  # the issue's short utterance: 300 mel frames, 150 encoder positions after stride 2
+WHISPER_SECONDS = 30  # Whisper's encoder takes exactly 30-s windows: 3000 frames, 1500 positions [2]
+LABEL_TOKENS = 20  # transcript length of a training example, eos included
+ALL_OPTIONS = dict(use_betweenness=True, blend_attention=True, input_mode="both")
+ROPE_HEADS, ROPE_HEAD_DIM = 4, 128  # the issue's (B=1, H=4, S, Dh=128) queries and keys for row 4
+MIN_SAMPLE_S = 0.05  # faster calls repeat inside one timed sample, as timeit does, so timer resolution is moot
+SAMPLES_BUDGET_S = 40.0  # a slow call (a 30-s Whisper step) gets fewer samples: as many as fit in this, >= 1
+BASELINE_MAX_SECONDS = 30.0  # the straightforward bRoPE is skipped where one forward + backward would take longer
+BASELINE_MAX_BYTES = 6e9  # ... or need more memory than this: the machine (24 GB) is shared
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # read once, at numpy's import
+
+
+# ------------------------------------------------------------------------------------------- measuring
+
+
+class PeakMemory(TorchDispatchMode):
+    """Peak bytes of live tensor storages created inside the mode (forward and backward, on any device).
+
+    Every op's outputs pass through `__torch_dispatch__`; each new storage is counted until a
+    weakref says it was freed. Views and in-place results (outputs the op's schema marks as aliases)
+    allocate nothing, and tensors made before the mode are not counted.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.counted = 0, 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(result.alias_info is not None for result in func._schema.returns):
+            return out
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                key = (storage.device, storage.data_ptr())
+                if storage.nbytes() and key not in self.counted:
+                    self.counted.add(key)
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key, storage.nbytes())
+        return out
+
+    def _free(self, key, nbytes: int):
+        self.counted.discard(key)
+        self.live -= nbytes
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One measurement: median seconds per call, how many samples it is the median of, peak bytes."""
+
+    seconds: float
+    samples: int
+    peak_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Runner:
+    """Where and how to measure: the device (CPU in float32, CUDA in bf16 autocast) and the repeats."""
+
+    device: torch.device
+    repeats: int
+
+    @property
+    def label(self) -> str:
+        """The device and precision in words, for the report."""
+        return "cuda, bf16 autocast" if self.device.type == "cuda" else "cpu, float32"
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast on CUDA (the issue's GPU setting); disabled on CPU, which stays float32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def sync(self):
+        """Wait for queued GPU work, so a clock reading covers it; nothing to wait for on CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _clock(self, fn: Callable, number: int) -> float:
+        """Seconds per call of `fn`, over `number` calls in a row."""
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        self.sync()
+        return (time.perf_counter() - start) / number
+
+    def measure(self, fn: Callable, memory: bool = False) -> Timing:
+        """Median seconds per call of `fn` after one warm-up call.
+
+        The warm-up call runs under `PeakMemory` when `memory` is set, so the memory figure costs no
+        extra call. Then up to `repeats` samples, fewer for a call so slow that they would not fit
+        in SAMPLES_BUDGET_S.
+        """
+        if memory:
+            with PeakMemory() as counter:
+                fn()
+            peak = counter.peak
+        else:
+            fn()
+            peak = None
+        self.sync()
+        first = self._clock(fn, 1)
+        number = max(1, math.ceil(MIN_SAMPLE_S / first))
+        wanted = max(1, min(self.repeats, int(SAMPLES_BUDGET_S / first)))
+        samples = [first] if number == 1 else []
+        while len(samples) < wanted:
+            samples.append(self._clock(fn, number))
+        return Timing(statistics.median(samples), len(samples), peak)
+
+
+@dataclass
+class Row:
+    """One line of the table. `ratio` is None where the anchor was skipped; `target` None where the
+    issue sets none."""
+
+    section: int
+    name: str
+    ours: str
+    anchor: str
+    ratio: float | None
+    target: float | None = None
+    gpu: str = ""
+
+    def met(self) -> str:
+        """'yes', '**no**', or '' where there is no target or no ratio."""
+        if self.target is None or self.ratio is None:
+            return ""
+        return "yes" if self.ratio >= self.target else "**no**"
+
+
+def seconds_text(timing: Timing, repeats: int) -> str:
+    """'12.3 ms', with the sample count when a slow call got fewer than `repeats`."""
+    s = timing.seconds
+    text = f"{s:.2f} s" if s >= 1 else f"{s * 1e3:.1f} ms" if s >= 1e-3 else f"{s * 1e6:.0f} µs"
+    return text if timing.samples >= repeats else f"{text} (n={timing.samples})"
+
+
+def progress(text: str):
+    """One line on stderr, so a run of many minutes shows where it is."""
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def bytes_text(nbytes: float) -> str:
+    """'1.5 MiB' or '2.25 GiB'."""
+    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
+
+
+# -------------------------------------------------------------------------------------------- sizes
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What one run measures at: the issue's sizes, or tiny ones for --quick."""
+
+    presets: dict[str, dict]  # label -> `BRoPEASRConfig.from_preset` arguments, for row 1
+    large: str  # the label rows 2 and 5 use
+    batch: int  # clips per batch
+    new_tokens: int  # tokens `generate` writes, forced so an untrained model's early eos cannot cut it short
+    rope_lengths: tuple[int, ...]
+    matmul_size: int
+
+
+FULL = Sizes(
+    presets={"small": dict(name="small"), "seed": dict(name="seed")},
+    large="seed",
+    batch=8,
+    new_tokens=20,
+    rope_lengths=(128, 512, 1500, 3000),
+    matmul_size=2048,
+)
+QUICK = Sizes(
+    presets={
+        "tiny": dict(
+            name="small",
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_target_positions=32,
+        )
+    },
+    large="tiny",
+    batch=2,
+    new_tokens=4,
+    rope_lengths=(64, 128),
+    matmul_size=256,
+)
+
+
+def random_clips(count: int, seconds: float) -> list[torch.Tensor]:
+    """`count` seeded noise clips of `seconds` at 16 kHz, each (N,) float32."""
+    generator = torch.Generator().manual_seed(SEED)
+    return [0.1 * torch.randn(int(seconds * SAMPLE_RATE), generator=generator) for _ in range(count)]
+
+
+def random_labels(batch: int, config: BRoPEASRConfig) -> torch.Tensor:
+    """(B, LABEL_TOKENS) seeded token ids ending with eos, none of them special."""
+    generator = torch.Generator().manual_seed(SEED)
+    labels = torch.randint(config.eos_token_id + 1, config.vocab_size, (batch, LABEL_TOKENS), generator=generator)
+    labels[:, -1] = config.eos_token_id
+    return labels
+
+
+def whisper_like(config: BRoPEASRConfig, source_positions: int) -> WhisperForConditionalGeneration:
+    """A random-init Whisper of the same size as `config` that takes 2 x `source_positions` mel frames.
+
+    Whisper's encoder accepts exactly that many frames (1500 positions = 30 s after its stride-2
+    convolution); the tokens and dropout are ours so both models do the same work.
+    """
+    whisper_config = WhisperConfig(
+        vocab_size=config.vocab_size,
+        num_mel_bins=config.num_mel_bins,
+        d_model=config.d_model,
+        encoder_layers=config.encoder_layers,
+        decoder_layers=config.decoder_layers,
+        encoder_attention_heads=config.encoder_attention_heads,
+        decoder_attention_heads=config.decoder_attention_heads,
+        encoder_ffn_dim=config.encoder_ffn_dim,
+        decoder_ffn_dim=config.decoder_ffn_dim,
+        max_source_positions=source_positions,
+        max_target_positions=config.max_target_positions,
+        dropout=config.dropout,
+        pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        decoder_start_token_id=config.decoder_start_token_id,
+    )
+    return WhisperForConditionalGeneration(whisper_config)
+
+
+def whisper_features(clips: list[torch.Tensor], seconds: float, config: BRoPEASRConfig) -> torch.Tensor:
+    """(B, M, 100 x seconds) log-mel of the clips zero-padded to `seconds`, as Whisper's extractor pads."""
+    samples = int(seconds * SAMPLE_RATE)
+    padded = torch.stack([F.pad(clip, (0, samples - len(clip))) for clip in clips])
+    return log_mel_spectrogram(padded, n_mels=config.num_mel_bins)
+
+
+def on_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The same dict with every tensor moved to `device`."""
+    return {name: value.to(device) for name, value in inputs.items()}
+
+
+# ----------------------------------------------------------------------------------------- 1 training
+
+
+def training_step(model: nn.Module, inputs: dict[str, torch.Tensor], runner: Runner) -> Callable[[], None]:
+    """One training step of `model` on `inputs` (labels included): forward, backward, AdamW update."""
+    model.to(runner.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with runner.autocast():
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of CPU's fused attention, by torch's formula for the CUDA kernels (arguments are shapes)."""
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of its backward, likewise."""
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def model_flops(model: nn.Module, inputs: dict[str, torch.Tensor], runner: Runner) -> int:
+    """FLOPs of one forward + backward (the optimizer is not model FLOPs), by `FlopCounterMode`.
+
+    torch's counter knows matmuls, convolutions and the CUDA attention kernels; CPU's fused
+    attention is added here with the same formulas, so attention is counted on every device.
+    """
+    aten = torch.ops.aten
+    cpu_attention = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+    }
+    with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        with runner.autocast():
+            loss = model(**inputs).loss
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def matmul_rate(runner: Runner, size: int) -> float:
+    """FLOP/s of `torch.matmul` on two (size, size) matrices: fp32 on CPU, bf16 on CUDA."""
+    dtype = torch.bfloat16 if runner.device.type == "cuda" else torch.float32
+    a, b = (torch.randn(size, size, device=runner.device, dtype=dtype) for _ in range(2))
+    return 2 * size**3 / runner.measure(lambda: torch.matmul(a, b)).seconds
+
+
+def ours_model(
+    preset: dict, options: dict, clips: list[torch.Tensor], labels: torch.Tensor, runner: Runner
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A seeded brope-asr model of `preset` with `options`, and its training inputs on the runner's device.
+
+    Returns: (model, inputs), inputs being `batch_inputs` of the clips plus `labels`.
+    """
+    torch.manual_seed(SEED)
+    config = BRoPEASRConfig.from_preset(**preset, **options)
+    inputs = {**batch_inputs(clips, config), "labels": labels}
+    return BRoPEASRForConditionalGeneration(config), on_device(inputs, runner.device)
+
+
+def whisper_model(
+    config: BRoPEASRConfig, seconds: int, clips: list[torch.Tensor], labels: torch.Tensor, runner: Runner
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A seeded Whisper of `config`'s size taking `seconds` of audio, and its training inputs on the device.
+
+    Returns: (model, inputs), inputs being the log-mel of the clips padded to `seconds` plus `labels`.
+    """
+    torch.manual_seed(SEED)
+    model = whisper_like(config, seconds * FRAMES_PER_SECOND // 2)
+    inputs = {"input_features": whisper_features(clips, seconds, config), "labels": labels}
+    return model, on_device(inputs, runner.device)
+
+
+def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
+    """Row 1 at every preset, and row 5 (FLOP utilization) at the large one."""
+    rows, batch, repeats = [], sizes.batch, runner.repeats
+
+    def speed(timing: Timing) -> str:
+        return f"{batch / timing.seconds:.2f} utt/s ({seconds_text(timing, repeats)}/step)"
+
+    for label, preset in sizes.presets.items():
+        progress(f"{runner.label}: training steps at {label}")
+        config = BRoPEASRConfig.from_preset(**preset)
+        labels = random_labels(batch, config)
+        clips = random_clips(batch, CLIP_SECONDS)
+        long_clips = [F.pad(clip, (0, (WHISPER_SECONDS - CLIP_SECONDS) * SAMPLE_RATE)) for clip in clips]
+
+        model, inputs = ours_model(preset, {}, clips, labels, runner)
+        off = runner.measure(training_step(model, inputs, runner))
+        flops = model_flops(model, inputs, runner) if label == sizes.large else None
+        del model, inputs
+        builders = {  # built one at a time, so only one model is in memory
+            "on": lambda: ours_model(preset, ALL_OPTIONS, clips, labels, runner),
+            "ours 30 s": lambda: ours_model(preset, {}, long_clips, labels, runner),
+            "Whisper 30 s": lambda: whisper_model(config, WHISPER_SECONDS, clips, labels, runner),
+            "Whisper 3 s": lambda: whisper_model(config, CLIP_SECONDS, clips, labels, runner),
+        }
+        step = {name: runner.measure(training_step(*build(), runner)) for name, build in builders.items()}
+
+        name = f"train {label}, batch {batch}"
+        rows += [
+            Row(
+                1,
+                f"{name}: ours 3-s clips vs Whisper 30-s input",
+                speed(off),
+                speed(step["Whisper 30 s"]),
+                step["Whisper 30 s"].seconds / off.seconds,
+                10.0,
+            ),
+            Row(
+                1,
+                f"{name}: ours vs Whisper cut to 3 s (150 positions)",
+                speed(off),
+                speed(step["Whisper 3 s"]),
+                step["Whisper 3 s"].seconds / off.seconds,
+                1.0,
+            ),
+            Row(
+                1,
+                f"{name}: ours vs Whisper, both on 30-s input",
+                speed(step["ours 30 s"]),
+                speed(step["Whisper 30 s"]),
+                step["Whisper 30 s"].seconds / step["ours 30 s"].seconds,
+                1.0,
+            ),
+            Row(
+                1,
+                f"{name}: all options on vs off (3 s; ≥ 0.8 = at most 25% cost)",
+                speed(step["on"]),
+                speed(off),
+                off.seconds / step["on"].seconds,
+                0.8,
+            ),
+        ]
+        if flops is not None:
+            peak = matmul_rate(runner, sizes.matmul_size)
+            achieved = flops / off.seconds
+            rows.append(
+                Row(
+                    5,
+                    f"model FLOP utilization, train {label} 3-s clips (options off)",
+                    f"{achieved / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP fwd+bwd per step)",
+                    f"{peak / 1e9:.1f} GFLOP/s torch.matmul {sizes.matmul_size}²",
+                    achieved / peak,
+                    0.40,
+                )
+            )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- 2 generate
+
+
+def generate_rows(runner: Runner, sizes: Sizes) -> list[Row]:
+    """Row 2 at the large preset: greedy and beam-4 latency of a batch of 3-s clips; cached vs not."""
+    progress(f"{runner.label}: generate at {sizes.large}")
+    config = BRoPEASRConfig.from_preset(**sizes.presets[sizes.large])
+    clips = random_clips(sizes.batch, CLIP_SECONDS)
+    torch.manual_seed(SEED)
+    model = BRoPEASRForConditionalGeneration(config).to(runner.device).eval()
+    inputs = on_device(batch_inputs(clips, config), runner.device)
+    whispers = {}
+    for seconds, anchor in ((WHISPER_SECONDS, "Whisper 30-s input"), (CLIP_SECONDS, "Whisper cut to 3 s")):
+        features = whisper_features(clips, seconds, config).to(runner.device)
+        whispers[anchor] = (whisper_like(config, seconds * FRAMES_PER_SECOND // 2).to(runner.device).eval(), features)
+    length = dict(max_new_tokens=sizes.new_tokens, min_new_tokens=sizes.new_tokens)
+
+    def latency(fn: Callable) -> Timing:
+        def call():
+            with torch.no_grad(), runner.autocast():
+                fn()
+
+        return runner.measure(call)
+
+    rows, repeats = [], runner.repeats
+    name = f"generate {sizes.large}, batch {sizes.batch} × 3 s, {sizes.new_tokens} tokens"
+    for beams, search in ((1, "greedy"), (4, "beam-4")):
+        ours = latency(lambda: model.generate(**inputs, num_beams=beams, **length))
+        for anchor, (whisper, features) in whispers.items():
+            theirs = latency(lambda: whisper.generate(features, num_beams=beams, **length))
+            rows.append(
+                Row(
+                    2,
+                    f"{name}, {search}: ours vs {anchor}",
+                    seconds_text(ours, repeats),
+                    seconds_text(theirs, repeats),
+                    theirs.seconds / ours.seconds,
+                )
+            )
+        if beams == 1:
+            uncached = latency(lambda: model.generate(**inputs, use_cache=False, **length))
+            rows.append(
+                Row(
+                    2,
+                    f"{name}, greedy: ours cached vs uncached",
+                    seconds_text(ours, repeats),
+                    seconds_text(uncached, repeats),
+                    uncached.seconds / ours.seconds,
+                )
+            )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ 3 log-mel
+
+
+def log_mel_rows(runner: Runner, sizes: Sizes) -> list[Row]:
+    """Row 3: clips per second of 3-s clips, one at a time and batched, against both Whisper paths.
+
+    Whisper's `__call__` pads to 30 s and then calls one of two methods, torch's when torch is
+    installed; both are called directly here on the same unpadded (B, N) array ours gets.
+    """
+    progress(f"{runner.label}: log-mel")
+    clips = torch.stack(random_clips(sizes.batch, CLIP_SECONDS)).numpy()
+    extractor = WhisperFeatureExtractor(feature_size=80)
+    device = runner.device
+
+    def ours(batch: np.ndarray) -> np.ndarray:
+        return log_mel_spectrogram(torch.from_numpy(batch).to(device)).cpu().numpy()
+
+    paths = {
+        "ours": ours,
+        "WhisperFeatureExtractor numpy path": lambda batch: extractor._np_extract_fbank_features(batch, "cpu"),
+        "WhisperFeatureExtractor torch path": lambda batch: extractor._torch_extract_fbank_features(batch, device.type),
+    }
+    rows, count = [], len(clips)
+    for mode in ("one clip at a time", f"batch of {count}"):
+        per_clip = mode.startswith("one")
+        results = {}
+        for path, fn in paths.items():
+
+            def call(fn=fn):
+                return [fn(clip[None]) for clip in clips] if per_clip else fn(clips)
+
+            features = np.concatenate(call()) if per_clip else call()
+            results[path] = (runner.measure(call), features)
+        timing, features = results.pop("ours")
+        for anchor, (theirs, their_features) in results.items():
+            difference = np.abs(features - their_features).max()
+            rows.append(
+                Row(
+                    3,
+                    f"log-mel 3-s clips, {mode}: ours vs {anchor}",
+                    f"{count / timing.seconds:,.0f} clips/s (max abs diff {difference:.1e})",
+                    f"{count / theirs.seconds:,.0f} clips/s",
+                    theirs.seconds / timing.seconds,
+                    5.0 if "numpy" in anchor else 1.0,
+                )
+            )
+    return rows
+
+
+# -------------------------------------------------------------------------------------------- 4 bRoPE
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain RoPE at integer positions 0 .. S-1."""
+    positions = torch.arange(q.shape[-2], device=q.device)
+    return apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
+
+
+def brope(q, k, v, shift: BetweennessShift, inv_freq) -> tuple[torch.Tensor, torch.Tensor]:
+    """bRoPE as the encoder runs it: positions 0 .. S-1 plus the betweenness shift of the values."""
+    positions = torch.arange(q.shape[-2], device=q.device) + shift(v, causal=False, valid=None)
+    return apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
+
+
+def brope_straightforward(q, k, v, shift: BetweennessShift, inv_freq, eps: float = 1e-6):
+    """The baseline of row 4: bRoPE as first written, not used by the model.
+
+    The full (S, S) matrix of pairwise distances between the projected values, then a Python loop
+    over positions reading each token's triple (j-k, j, j+k) from it, then RoPE at exact angles.
+    Same score and eps as `betweenness_score`, so the outputs equal `brope`'s.
+    """
+    z = shift.proj(v)  # (B, H, S, P)
+    distance = ((z[..., :, None, :] - z[..., None, :, :]).square().sum(-1) + eps**2).sqrt()  # (B, H, S, S)
+    offset, length = shift.offset, z.shape[-2]
+    scores = []
+    for j in range(length):
+        if offset <= j < length - offset:
+            a, c = j - offset, j + offset
+            scores.append(distance[..., a, c] / (distance[..., a, j] + distance[..., j, c]))
+        else:
+            scores.append(distance.new_zeros(distance.shape[:2]))
+    score = torch.stack(scores, dim=-1)  # (B, H, S)
+    positions = torch.arange(length, device=q.device) + shift.max_shift * torch.tanh(shift.gate)[:, None] * score
+    return apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
+
+
+def baseline_skip_reason(measured: list[tuple[int, float, int]], length: int) -> str | None:
+    """Why the straightforward bRoPE is not run at `length`, or None to run it.
+
+    Extrapolates from the sizes already measured, `measured` = [(S, forward+backward seconds, peak
+    bytes)]: time as S^3 (its loop's backward writes an (S, S) gradient per position) until two sizes
+    give a fitted exponent, memory as S^2 (the distance matrix).
+    """
+    if not measured:
+        return None
+    size, seconds, peak = measured[-1]
+    exponent = 3.0
+    if len(measured) > 1:
+        previous_size, previous_seconds, _ = measured[-2]
+        exponent = max(2.0, math.log(seconds / previous_seconds) / math.log(size / previous_size))
+    need_seconds, need_bytes = seconds * (length / size) ** exponent, peak * (length / size) ** 2
+    if need_seconds <= BASELINE_MAX_SECONDS and need_bytes <= BASELINE_MAX_BYTES:
+        return None
+    return f"skipped: would need ~{bytes_text(need_bytes)} and ~{need_seconds:,.0f} s (extrapolated from S={size})"
+
+
+def rope_rows(runner: Runner, sizes: Sizes) -> list[Row]:
+    """Row 4: forward and forward+backward time, and forward+backward peak memory, at each length."""
+    config = BRoPEASRConfig(
+        d_model=ROPE_HEADS * ROPE_HEAD_DIM,
+        encoder_attention_heads=ROPE_HEADS,
+        decoder_attention_heads=ROPE_HEADS,
+        use_betweenness=True,
+    )
+    torch.manual_seed(SEED)
+    shift = BetweennessShift(config, ROPE_HEADS).to(runner.device)
+    nn.init.constant_(shift.gate, 0.5)  # the model starts at gate 0, where the shift is 0 and proves nothing
+    inv_freq = rope_frequencies(ROPE_HEAD_DIM, config.rope_theta, runner.device)
+    rows, repeats = [], runner.repeats
+    measured = []  # (S, forward+backward seconds, peak bytes) of the straightforward version
+    per_position = {}  # S -> our forward+backward peak bytes / S
+
+    def cell(timing: Timing) -> str:
+        text = seconds_text(timing, repeats)
+        return text if timing.peak_bytes is None else f"{text}, peak {bytes_text(timing.peak_bytes)}"
+
+    for length in sizes.rope_lengths:
+        progress(f"{runner.label}: bRoPE at S={length}")
+        q, k, v = (
+            torch.randn(1, ROPE_HEADS, length, ROPE_HEAD_DIM, device=runner.device, requires_grad=True)
+            for _ in range(3)
+        )
+        with_shift = [q, k, v, *shift.parameters()]
+        variants = {
+            "RoPE": (lambda: rope(q, k, inv_freq), [q, k]),
+            "ours": (lambda: brope(q, k, v, shift, inv_freq), with_shift),
+            "straightforward": (lambda: brope_straightforward(q, k, v, shift, inv_freq), with_shift),
+        }
+        skip_reason = baseline_skip_reason(measured, length)
+        if skip_reason is not None:
+            del variants["straightforward"]
+        forward, backward, outputs = {}, {}, {}
+        for variant, (fn, leaves) in variants.items():
+
+            def infer(fn=fn):
+                with torch.no_grad(), runner.autocast():
+                    return fn()
+
+            def train(fn=fn, leaves=leaves):
+                with runner.autocast():
+                    rotated = fn()
+                torch.autograd.grad(sum(x.float().sum() for x in rotated), leaves)
+
+            with torch.no_grad():
+                outputs[variant] = fn()  # in float32 even under autocast: this is the equality check
+            forward[variant] = runner.measure(infer)
+            backward[variant] = runner.measure(train, memory=True)
+        if skip_reason is None:
+            # The baseline must compute what ours computes, or the comparison means nothing.
+            torch.testing.assert_close(outputs["straightforward"], outputs["ours"], rtol=1e-4, atol=1e-4)
+            measured.append((length, backward["straightforward"].seconds, backward["straightforward"].peak_bytes))
+        per_position[length] = backward["ours"].peak_bytes / length
+
+        for pass_name, timings in (("fwd", forward), ("fwd+bwd", backward)):
+            ours, plain = timings["ours"], timings["RoPE"]
+            rows.append(
+                Row(
+                    4,
+                    f"bRoPE S={length} {pass_name}: ours vs plain RoPE (≥ 0.5 = at most 2×)",
+                    cell(ours),
+                    cell(plain),
+                    plain.seconds / ours.seconds,
+                    0.5,
+                )
+            )
+            baseline = timings.get("straightforward")
+            rows.append(
+                Row(
+                    4,
+                    f"bRoPE S={length} {pass_name}: ours vs straightforward (S×S distances + loop)",
+                    cell(ours),
+                    skip_reason if baseline is None else cell(baseline),
+                    None if baseline is None else baseline.seconds / ours.seconds,
+                )
+            )
+    first, last = sizes.rope_lengths[0], sizes.rope_lengths[-1]
+    rows.append(
+        Row(
+            4,
+            f"bRoPE fwd+bwd peak memory per position, S={last} vs S={first} (≥ 0.8 = linear)",
+            f"{per_position[last] / 1024:.1f} KiB at S={last}",
+            f"{per_position[first] / 1024:.1f} KiB at S={first}",
+            per_position[first] / per_position[last],
+            0.8,
+        )
+    )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+def limit_blas_threads(threads: int, argv: list[str]):
+    """Make numpy's BLAS use `threads` threads too, re-executing this script once if it does not yet.
+
+    A BLAS library reads its thread count from the environment when numpy loads it, so a running
+    process cannot change it. Left alone, the numpy path of row 3 ran 6x slower than with one
+    thread on a busy 2-core machine (its BLAS threads waited on each other), which inflated that ratio.
+    """
+    if all(os.environ.get(name) == str(threads) for name in BLAS_THREAD_VARIABLES):
+        return
+    os.environ.update({name: str(threads) for name in BLAS_THREAD_VARIABLES})
+    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *argv])
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_all(runner: Runner, sizes: Sizes) -> list[Row]:
+    """Every row on one device, in the issue's order."""
+    rows = training_rows(runner, sizes) + generate_rows(runner, sizes) + log_mel_rows(runner, sizes)
+    rows += rope_rows(runner, sizes)
+    return sorted(rows, key=lambda row: row.section)
+
+
+def render(rows: list[Row], header: list[str]) -> str:
+    """The header lines and one markdown table."""
+    lines = header + [
+        "",
+        "| # | row | ours | anchor | ratio | target | met? | GPU ratio (bf16) |",
+        "|---|---|---|---|--:|--:|---|--:|",
+    ]
+    for row in rows:
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}"
+        target = "" if row.target is None else f"≥ {row.target:g}"
+        lines.append(
+            f"| {row.section} | {row.name} | {row.ours} | {row.anchor} | {ratio} | {target} | {row.met()} | {row.gpu} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, measure every row (on CPU, then on CUDA if asked), print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat: a smoke run that checks no speed")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch and numpy's BLAS (default: their own choice)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="timed samples per figure (5; --quick: 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda adds the GPU column (bf16)")
+    parser.add_argument("--out", default=None, help="also write the report to this markdown file")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
+    if args.threads is not None:
+        limit_blas_threads(args.threads, sys.argv[1:] if argv is None else argv)
+        torch.set_num_threads(args.threads)
+    transformers.logging.set_verbosity_error()  # Whisper's generate warns about its defaults on every call
+    sizes = QUICK if args.quick else FULL
+    repeats = args.repeats or (1 if args.quick else 5)
+
+    cpu = Runner(torch.device("cpu"), repeats)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    rows = measure_all(cpu, sizes)
+    gpu_name = "none (GPU column left empty)"
+    if args.device == "cuda":
+        gpu = replace(cpu, device=torch.device("cuda"))
+        gpu_name = f"{torch.cuda.get_device_name(gpu.device)} ({gpu.label})"
+        by_name = {row.name: row for row in measure_all(gpu, sizes)}
+        for row in rows:
+            gpu_row = by_name.get(row.name)
+            if gpu_row is not None:
+                row.gpu = "skipped" if gpu_row.ratio is None else f"{gpu_row.ratio:.2f}"
+    header = [
+        f"# brope-asr benchmark{' (--quick: tiny sizes, speed not meaningful)' if args.quick else ''}",
+        "",
+        f"- machine: {cpu_model()}, {os.cpu_count()} logical CPUs; torch threads: {torch.get_num_threads()}; "
+        f"numpy BLAS threads: {os.environ.get('OPENBLAS_NUM_THREADS', 'its default')}",
+        f"- torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}, "
+        f"python {platform.python_version()}",
+        f"- device: {cpu.label}; GPU: {gpu_name}",
+        f"- load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs; wall time {time.perf_counter() - started:.0f} s",
+        f"- each figure: median of {repeats} timed samples after one warm-up (n=… where a slow call got fewer);"
+        " memory: peak bytes of live tensors created in one forward+backward (a TorchDispatchMode count)",
+        "- ratio: anchor time / ours (throughput: ours / anchor; FLOP utilization: ours / matmul; memory growth: "
+        "bytes per position, shortest / longest), so higher is better for us; target: the smallest ratio wanted",
+    ]
+    report = render(rows, header)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as out:
+            out.write(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
