@@ -74,38 +74,37 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk)
 
 
-def decode_audio(value, name: str) -> np.ndarray:
-    """An undecoded `datasets` audio value (path string or {"bytes", "path"}) -> (N,) float32 mono 16 kHz.
-
-    Raises ValueError naming `name` (the row) and the file when the audio cannot be used.
-    """
+def audio_source(value) -> tuple:
+    """An undecoded `datasets` audio value (path string or {"bytes", "path"}) -> (what soundfile reads, file name)."""
     if isinstance(value, dict):
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-        where = value.get("path") or "embedded bytes"
-    else:
-        source = where = value
+        return source, value.get("path") or "embedded bytes"
+    return value, value
+
+
+def decode_audio(source, name: str) -> np.ndarray:
+    """Read `source` (a path or file object) as (N,) float32 mono 16 kHz; errors name `name`."""
     try:
         samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, FileNotFoundError) as error:
-        raise ValueError(f"{name} ({where}): cannot read audio ({error})") from None
-    return check_audio(resample(samples.mean(axis=1), rate, SAMPLE_RATE), f"{name} ({where})").numpy()
+        raise ValueError(f"{name}: cannot read audio ({error})") from None
+    return check_audio(resample(samples.mean(axis=1), rate, SAMPLE_RATE), name).numpy()
 
 
 def load_splits(args) -> dict[str, Dataset]:
     """The train / validation / test splits as datasets with columns "audio" (undecoded) and "text"."""
+    names = {"train": args.train_split, "validation": args.eval_split, "test": args.test_split}
+    names = {key: name for key, name in names.items() if name}
     if args.dataset:
-        names = {"train": args.train_split, "validation": args.eval_split, "test": args.test_split}
-        splits = {
-            key: load_dataset(args.dataset, args.dataset_config, split=split)
-            for key, split in names.items()
-            if split
-        }
+        splits = {key: load_dataset(args.dataset, args.dataset_config, split=name) for key, name in names.items()}
         audio_column, text_column = args.audio_column, args.text_column
     else:
         folder = Path(args.data_dir)
         table = load_dataset("csv", data_files=str(folder / "metadata.csv"), split="train")
+        if "split" not in table.column_names:
+            raise ValueError(f"{folder / 'metadata.csv'} has no column 'split'; its columns are {table.column_names}")
         table = table.map(lambda row: {"file_name": str(folder / row["file_name"])})
-        splits = {key: table.filter(lambda row, key=key: row["split"] == key) for key in ("train", "validation", "test")}
+        splits = {key: table.filter(lambda row, name=name: row["split"] == name) for key, name in names.items()}
         audio_column, text_column = "file_name", "transcription"
     for key, split in splits.items():
         for column in (audio_column, text_column):
@@ -116,10 +115,10 @@ def load_splits(args) -> dict[str, Dataset]:
         splits[key] = split.select_columns([audio_column, text_column]).rename_columns(
             {audio_column: "audio", text_column: "text"}
         )
-    missing = {"train", "validation"} - splits.keys()
-    if missing:
-        raise ValueError(f"need a train and a validation split, missing {sorted(missing)}")
-    return splits
+    for key in ("train", "validation"):
+        if key not in splits or len(splits[key]) == 0:
+            raise ValueError(f"the {key} split ({names.get(key)!r}) is missing or empty")
+    return {key: split for key, split in splits.items() if len(split)}
 
 
 def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, skip_bad: bool) -> Dataset:
@@ -131,9 +130,10 @@ def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, s
     """
 
     def prepare(row, index):
-        name = f"{key} row {index}"
+        source, file_name = audio_source(row["audio"])
+        name = f"{key} row {index} ({file_name})"
         try:
-            audio = decode_audio(row["audio"], name)
+            audio = decode_audio(source, name)
             if len(audio) // HOP_LENGTH > config.max_source_positions:
                 raise ValueError(
                     f"{name}: {len(audio) / SAMPLE_RATE:.1f} s is longer than max_source_positions="
@@ -144,7 +144,7 @@ def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, s
             if len(labels) > config.max_target_positions:
                 raise ValueError(f"{name}: transcript of {len(labels)} tokens exceeds max_target_positions")
         except ValueError as error:
-            return {"waveform": [], "text": "", "labels": [], "error": str(error)}
+            return {"waveform": np.zeros(0, np.float32), "text": "", "labels": [], "error": str(error)}
         return {"waveform": audio, "text": text, "labels": labels, "error": ""}
 
     prepared = split.map(prepare, with_indices=True, remove_columns=split.column_names, desc=f"decoding {key}")

@@ -1,0 +1,1229 @@
+"""Tests of brope_asr.py: each test is named after the property it checks and fails when it breaks.
+
+Run with `python -m pytest test_brope_asr.py -q`. Every model comes from `tiny_config` (width 32, one
+layer each side unless a test needs more), so the whole file runs in well under a minute of CPU.
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torch.nn.functional as F
+import transformers
+
+import brope_asr
+import train_hf
+from brope_asr import (
+    SAMPLE_RATE,
+    Attention,
+    BetweennessShift,
+    BRoPEASRConfig,
+    BRoPEASRForConditionalGeneration,
+)
+
+REPO = Path(__file__).resolve().parent
+DATA = REPO / "data"
+INPUT_MODES = ("spectrogram", "waveform", "both")
+VOCAB = 16  # pad 0, bos 1, eos 2 and 13 ordinary tokens
+ALL_FEATURES = dict(
+    input_mode="both", use_betweenness=True, blend_attention=True, learned_rope_frequencies=True, ctc_weight=0.5
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run torch on one thread while these tests run: tensors this small gain nothing from a second
+    thread, and on a busy 2-core machine a second thread spin-waits (the overfit test measured 85 s
+    with two threads under load, 8 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(**overrides) -> BRoPEASRConfig:
+    """The one place tests build a config: a model this small runs a forward pass in milliseconds.
+
+    init_std 0.3 (not 0.02) gives a random model outputs that vary visibly with its inputs, so
+    "changes" and "does not change" are told apart far above float32 rounding.
+    """
+    fields = dict(
+        vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        betweenness_dim=8,
+        max_source_positions=1000,
+        max_target_positions=32,
+        dropout=0.0,
+        init_std=0.3,
+    )
+    return BRoPEASRConfig(**{**fields, **overrides})
+
+
+def tiny_model(**overrides) -> BRoPEASRForConditionalGeneration:
+    """A model of `tiny_config(**overrides)` in eval mode."""
+    return BRoPEASRForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def move_off_init(model: BRoPEASRForConditionalGeneration) -> BRoPEASRForConditionalGeneration:
+    """Move every parameter that init sets to a constant to random values, as training would: mixes
+    (blend 0.5, gate 0, where bRoPE is plain RoPE), learned frequencies, norms and biases (0, where a
+    masked frame stays 0 through a LayerNorm). Then no test passes only because a gate is closed or a
+    bias is zero. Draws from torch's seeded generator."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, Attention) and module.blend_logit is not None:
+                module.blend_logit.uniform_(-2.0, 2.0)
+                module.log_temperature.uniform_(0.0, math.log(20.0))
+            if isinstance(module, Attention) and module.log_inv_freq is not None:
+                module.log_inv_freq.add_(0.1 * torch.randn_like(module.log_inv_freq))
+            if isinstance(module, BetweennessShift):
+                module.gate.uniform_(0.5, 1.5)  # tanh(gate) in [0.46, 0.91]: shifts near a token
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.add_(0.1 * torch.randn_like(module.weight))
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.LayerNorm)) and module.bias is not None:
+                module.bias.normal_(0.0, 0.1)
+        if model.encoder.input_blend_logit is not None:
+            model.encoder.input_blend_logit.uniform_(-1.0, 1.0)
+    return model
+
+
+def random_clips(*lengths: int) -> list[torch.Tensor]:
+    """Noise clips of the given sample counts, at speech-like level."""
+    return [0.1 * torch.randn(length) for length in lengths]
+
+
+def audio_inputs(config: BRoPEASRConfig, *lengths: int) -> dict[str, torch.Tensor]:
+    """Padded encoder inputs for noise clips of the given sample counts."""
+    return brope_asr.batch_inputs(random_clips(*lengths), config)
+
+
+def decoder_ids(batch: int, length: int) -> torch.Tensor:
+    """Random ordinary tokens after the start token."""
+    ids = torch.randint(3, VOCAB, (batch, length))
+    ids[:, 0] = 1
+    return ids
+
+
+def sine(frequency: float, sampling_rate: int, length: int) -> torch.Tensor:
+    """(length,) float64 sin(2 pi f t) sampled at `sampling_rate`."""
+    return torch.sin(2 * math.pi * frequency * torch.arange(length, dtype=torch.float64) / sampling_rate)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ shapes
+
+
+@pytest.mark.parametrize("use_downsampling", [True, False])
+@pytest.mark.parametrize("input_mode", INPUT_MODES)
+def test_output_shapes_follow_input_mode_and_downsampling(input_mode, use_downsampling):
+    torch.manual_seed(0)
+    model = tiny_model(input_mode=input_mode, use_downsampling=use_downsampling)
+    inputs = audio_inputs(model.config, 7 * 160 + 50, 5 * 160)  # T = 7 frames: odd, so ceil matters
+    assert set(inputs) == {"attention_mask"} | {
+        "spectrogram": {"input_features"},
+        "waveform": {"waveform"},
+        "both": {"input_features", "waveform"},
+    }[input_mode]
+    output = model(**inputs, decoder_input_ids=decoder_ids(2, 5))
+    assert output.logits.shape == (2, 5, VOCAB)
+    frames = math.ceil(7 / 2) if use_downsampling else 7
+    assert output.encoder_last_hidden_state.shape == (2, frames, 32)
+    assert model.encoder(**inputs).last_hidden_state.shape == (2, frames, 32)
+
+
+# ----------------------------------------------------------------------------------------- learned mixes
+
+
+@pytest.mark.parametrize("value", [-1e4, 0.0, 1e4])
+def test_learned_mixes_stay_bounded_finite_and_differentiable(value):
+    torch.manual_seed(0)
+    model = tiny_model(**ALL_FEATURES).train()
+    mix_names = ("blend_logit", "log_temperature", "gate", "input_blend_logit")
+    mixes = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in mix_names]
+    assert len(mixes) == 3 * 2 + 2 + 1  # blend and temperature of 3 attentions, 2 gates, 1 input blend
+    with torch.no_grad():
+        for parameter in mixes:
+            parameter.fill_(value)
+
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    for attention in attentions:
+        blend, temperature = attention.blend()
+        assert bool(((blend >= 0) & (blend <= 1)).all())
+        assert bool(((temperature >= 1) & (temperature <= model.config.attention_max_temperature)).all())
+    input_blend = model.encoder.input_blend()
+    assert 0 <= input_blend.item() <= 1
+    values = torch.randn(2, 2, 12, 16)
+    for shift_module in (m for m in model.modules() if isinstance(m, BetweennessShift)):
+        shift = shift_module(values, causal=False, valid=None)
+        assert bool((shift.abs() <= model.config.betweenness_max_shift).all())
+    learned = model.learned_blends()
+    assert set(learned) == {"input_blend", "attention_blend", "betweenness_gate"}
+    assert all(math.isfinite(v) for v in learned.values())
+
+    inputs = audio_inputs(model.config, 3000, 2000)
+    labels = decoder_ids(2, 6)
+    loss = model(**inputs, labels=labels).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and bool(torch.isfinite(parameter.grad).all()), name
+    if value == 0.0:  # unsaturated: every mix really trains
+        for parameter in mixes:
+            assert bool((parameter.grad != 0).any())
+
+
+# --------------------------------------------------------------------------------------------- positions
+
+
+def test_rope_frequencies_are_theta_to_minus_two_i_over_dh():
+    assert_close(brope_asr.rope_frequencies(8, 10000.0), torch.tensor([1.0, 0.1, 0.01, 0.001]), atol=1e-9)
+
+
+def test_rotary_equals_complex_multiplication_of_half_split_pairs():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 8)
+    positions = 50 * torch.rand(7)
+    inv_freq = brope_asr.rope_frequencies(8, 10000.0)
+    # Independent reference: channel i and i + Dh/2 form the complex number x_i + j x_{i+Dh/2},
+    # multiplied by exp(j p theta_i) [1].
+    first, second = x.double().chunk(2, dim=-1)
+    angles = positions.double()[:, None] * inv_freq.double()
+    rotated = torch.complex(first, second) * torch.polar(torch.ones_like(angles), angles)
+    expected = torch.cat((rotated.real, rotated.imag), dim=-1).float()
+    assert_close(brope_asr.apply_rotary(x, positions, inv_freq), expected, atol=1e-5)
+
+
+def test_rotary_keeps_norm_and_is_identity_at_position_zero():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 16)
+    inv_freq = brope_asr.rope_frequencies(16, 10000.0)
+    rotated = brope_asr.apply_rotary(x, torch.arange(9) * 37.3, inv_freq)
+    assert_close(rotated.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    assert_close(brope_asr.apply_rotary(x, torch.zeros(9), inv_freq), x, atol=0.0)
+    assert not torch.allclose(rotated[..., 1:, :], x[..., 1:, :], atol=1e-3)
+
+
+@pytest.mark.parametrize("delta", [3, 0.37])
+def test_rope_scores_depend_only_on_relative_offset(delta):
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 16), torch.randn(1, 16)
+    inv_freq = brope_asr.rope_frequencies(16, 10000.0)
+
+    def score(query_position, key_position):
+        rotated_q = brope_asr.apply_rotary(q, torch.tensor([query_position]), inv_freq)
+        rotated_k = brope_asr.apply_rotary(k, torch.tensor([key_position]), inv_freq)
+        return (rotated_q * rotated_k).sum()
+
+    origin = type(delta)(0)  # integer positions stay integer tensors
+    at_origin = score(delta, origin)
+    for position in (1, 7, 60) if isinstance(delta, int) else (1.0, 7.25, 60.5):
+        assert_close(score(position + delta, position), at_origin, atol=1e-4)
+    assert abs(score(2 * delta, origin) - at_origin) > 1e-2  # the score does depend on the offset
+
+
+@pytest.mark.parametrize("zeroed", ["gate", "max_shift"])
+def test_betweenness_without_shift_equals_plain_rope(zeroed):
+    torch.manual_seed(0)
+    plain = move_off_init(tiny_model(blend_attention=True))
+    inputs = audio_inputs(plain.config, 3000, 2200)
+    ids = decoder_ids(2, 8)
+    expected = plain(**inputs, decoder_input_ids=ids).logits
+
+    def brope_logits(max_shift, gate):
+        brope = tiny_model(blend_attention=True, use_betweenness=True, betweenness_max_shift=max_shift)
+        missing, unexpected = brope.load_state_dict(plain.state_dict(), strict=False)
+        assert not unexpected and missing and all(".betweenness." in name for name in missing)
+        with torch.no_grad():
+            for module in brope.modules():
+                if isinstance(module, BetweennessShift):
+                    module.gate.fill_(gate)
+        return brope(**inputs, decoder_input_ids=ids).logits
+
+    without_shift = brope_logits(2.0, 0.0) if zeroed == "gate" else brope_logits(0.0, 1.0)
+    assert_close(without_shift, expected, atol=1e-6)
+    assert (brope_logits(2.0, 1.0) - expected).abs().max() > 1e-3  # with a shift, bRoPE differs
+
+
+# ------------------------------------------------------------------------------------------- betweenness
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_betweenness_score_lies_in_unit_interval(causal):
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 20, 4)
+    z[:, :, 5:9] = z[:, :, 5:6]  # repeated vectors: all three distances 0
+    valid = torch.ones(2, 20, dtype=torch.bool)
+    valid[1, 14:] = False
+    for offset in (1, 2, 3):
+        score = brope_asr.betweenness_score(z, offset, causal, valid)
+        assert score.shape == (2, 3, 20)
+        assert bool(((score >= 0) & (score <= 1)).all())
+
+
+@pytest.mark.parametrize("offset", [1, 2])
+@pytest.mark.parametrize("causal", [False, True])
+def test_betweenness_score_is_one_on_a_straight_line_and_lower_on_a_zigzag(causal, offset):
+    torch.manual_seed(0)
+    length = 12
+    steps = torch.arange(length, dtype=torch.float32)[:, None]
+    line = torch.randn(4) + steps * torch.randn(4)  # equally spaced collinear points
+    # Zigzag: k steps forward, then a jump of k up or down, so each triple (j - k, j, j + k) is an
+    # isosceles triangle with |ac| = 2k and |ab| = |bc| = k sqrt 2: score 2k / (2 k sqrt 2) = 1 / sqrt 2.
+    sign = torch.tensor([(-1.0) ** (j // offset) for j in range(length)])[:, None]
+    zigzag = torch.cat((steps, offset * sign / 2), dim=1)
+    first = 2 * offset if causal else offset  # the first position with a full triple
+    last = length if causal else length - offset
+    for z, interior in ((line, 1.0), (zigzag, 1 / math.sqrt(2))):
+        score = brope_asr.betweenness_score(z[None, None], offset, causal)[0, 0]
+        expected = torch.zeros(length)
+        expected[first:last] = interior
+        assert_close(score, expected, atol=1e-6)
+
+
+def test_causal_betweenness_ignores_later_tokens():
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 16, 4)
+    for offset in (1, 2):
+        for i in (4, 9):
+            changed = z.clone()
+            changed[:, :, i + 1 :] = torch.randn_like(changed[:, :, i + 1 :])
+            before = brope_asr.betweenness_score(z, offset, causal=True)
+            after = brope_asr.betweenness_score(changed, offset, causal=True)
+            assert torch.equal(before[..., : i + 1], after[..., : i + 1])
+            assert (before[..., i + 1 :] - after[..., i + 1 :]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_betweenness_score_ignores_padded_positions(causal):
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 15, 4)
+    valid = torch.ones(2, 15, dtype=torch.bool)
+    valid[1, 9:] = False
+    z[1, :, 9:] = 1e4 * torch.randn(3, 6, 4)  # garbage where row 1 is padded
+    score = brope_asr.betweenness_score(z, 2, causal, valid)
+    alone = brope_asr.betweenness_score(z[1:, :, :9], 2, causal)
+    assert_close(score[1, :, :9], alone[0], atol=1e-6)
+    assert torch.equal(score[1, :, 9:], torch.zeros(3, 6))
+    assert_close(score[0], brope_asr.betweenness_score(z[:1], 2, causal)[0], atol=0.0)
+
+
+def test_betweenness_score_is_differentiable_even_for_equal_vectors():
+    torch.manual_seed(0)
+    z = torch.randn(2, 3, 10, 4)
+    z[:, :, 3:6] = 1.0  # three equal vectors: a 0/0 without the eps smoothing
+    z.requires_grad_(True)
+    score = brope_asr.betweenness_score(z, 1, causal=False)
+    assert score.shape == (2, 3, 10)
+    (score * torch.randn_like(score)).sum().backward()
+    assert bool(torch.isfinite(z.grad).all()) and bool((z.grad != 0).any())
+
+
+# --------------------------------------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("masking", ["none", "key_padding", "causal", "causal_after_cache"])
+@pytest.mark.parametrize("blended", [False, True])
+def test_fused_attention_matches_reference(blended, masking):
+    torch.manual_seed(0)
+    batch, heads, queries, keys, width = 2, 3, 5, 9, 8
+    if masking == "causal":
+        queries = keys
+    q = 2 * torch.randn(batch, heads, queries, width)
+    k = 2 * torch.randn(batch, heads, keys, width)
+    v = torch.randn(batch, heads, keys, width)
+    blend = torch.rand(heads) if blended else None
+    temperature = 1 + 19 * torch.rand(heads) if blended else None
+    mask, is_causal = None, masking == "causal"
+    if masking == "key_padding":
+        mask = torch.ones(batch, 1, 1, keys, dtype=torch.bool)
+        mask[1, ..., 6:] = False  # the second row has 3 padded keys
+    if masking == "causal_after_cache":  # new queries after 4 cached keys, as a decoding step
+        mask = torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries)
+    fused = brope_asr.attention(q, k, v, mask, is_causal, blend, temperature)
+    reference = brope_asr.attention_reference(q, k, v, mask, is_causal, blend, temperature)
+    assert_close(fused, reference, atol=1e-5)
+
+
+def test_blended_attention_is_finite_for_zero_vectors():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    q[:, :, 0] = 0.0
+    k[:, :, 2:4] = 0.0
+    blend, temperature = torch.tensor([0.3, 1.0]), torch.tensor([4.0, 100.0])
+    fused = brope_asr.attention(q, k, v, blend=blend, temperature=temperature)
+    assert bool(torch.isfinite(fused).all())
+    assert_close(fused, brope_asr.attention_reference(q, k, v, blend=blend, temperature=temperature), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- model invariants
+
+
+def test_input_blend_extremes_select_one_front_end():
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(input_mode="both"))
+    inputs, other = audio_inputs(model.config, 3000, 2200), audio_inputs(model.config, 3000, 2200)
+    ids = decoder_ids(2, 6)
+    # b = sigmoid(logit) is the spectrogram's share: at b = 1 the waveform is ignored, at b = 0 the features.
+    for logit, ignored in ((1e4, "waveform"), (-1e4, "input_features")):
+        with torch.no_grad():
+            model.encoder.input_blend_logit.fill_(logit)
+        logits = model(**inputs, decoder_input_ids=ids).logits
+        assert_close(model(**{**inputs, ignored: other[ignored]}, decoder_input_ids=ids).logits, logits, atol=1e-6)
+        kept = "input_features" if ignored == "waveform" else "waveform"
+        assert (model(**{**inputs, kept: other[kept]}, decoder_input_ids=ids).logits - logits).abs().max() > 1e-3
+
+
+def test_attention_blend_at_zero_equals_plain_attention():
+    torch.manual_seed(0)
+    plain = move_off_init(tiny_model(use_betweenness=True))
+    blended = tiny_model(use_betweenness=True, blend_attention=True)
+    missing, unexpected = blended.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and {name.rsplit(".", 1)[1] for name in missing} == {"blend_logit", "log_temperature"}
+    inputs, ids = audio_inputs(plain.config, 3000, 2200), decoder_ids(2, 8)
+    expected = plain(**inputs, decoder_input_ids=ids).logits
+    with torch.no_grad():
+        for module in blended.modules():
+            if isinstance(module, Attention):
+                module.blend_logit.fill_(-1e4)  # b = 0: scaled dot product only
+    assert_close(blended(**inputs, decoder_input_ids=ids).logits, expected, atol=1e-5)
+    with torch.no_grad():
+        for module in blended.modules():
+            if isinstance(module, Attention):
+                module.blend_logit.fill_(0.0)
+    assert (blended(**inputs, decoder_input_ids=ids).logits - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("blend_attention", [False, True])
+@pytest.mark.parametrize("use_betweenness", [False, True])
+@pytest.mark.parametrize("input_mode", INPUT_MODES)
+def test_decoder_logits_ignore_future_tokens(input_mode, use_betweenness, blend_attention):
+    torch.manual_seed(0)
+    model = move_off_init(
+        tiny_model(input_mode=input_mode, use_betweenness=use_betweenness, blend_attention=blend_attention)
+    )
+    inputs = audio_inputs(model.config, 3000, 2200)
+    ids = decoder_ids(2, 10)
+    t = 4
+    changed = ids.clone()
+    changed[:, t + 1] = 3 + (ids[:, t + 1] - 3 + 1) % (VOCAB - 3)  # another ordinary token
+    logits = model(**inputs, decoder_input_ids=ids).logits
+    changed_logits = model(**inputs, decoder_input_ids=changed).logits
+    assert_close(changed_logits[:, : t + 1], logits[:, : t + 1], atol=1e-5)
+    assert (changed_logits[:, t + 1 :] - logits[:, t + 1 :]).abs().amax(dim=-1).min() > 1e-4
+
+
+@pytest.mark.parametrize("input_mode", INPUT_MODES)
+def test_logits_change_when_audio_changes(input_mode):
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(input_mode=input_mode, use_betweenness=True))
+    inputs = audio_inputs(model.config, 3000, 3000)
+    other = audio_inputs(model.config, 3000, 3000)
+    ids = decoder_ids(2, 6)
+    logits = model(**inputs, decoder_input_ids=ids).logits
+    for name in ("input_features", "waveform"):  # in "both" mode each branch on its own must matter
+        if name in inputs:
+            changed = model(**{**inputs, name: other[name]}, decoder_input_ids=ids).logits
+            assert (changed - logits).abs().amax(dim=(1, 2)).min() > 1e-3, name
+
+
+@pytest.mark.parametrize("use_downsampling", [True, False])
+@pytest.mark.parametrize("input_mode", INPUT_MODES)
+def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, use_downsampling):
+    torch.manual_seed(0)
+    model = move_off_init(
+        tiny_model(input_mode=input_mode, use_downsampling=use_downsampling, use_betweenness=True, blend_attention=True)
+    )
+    short, long = random_clips(9 * 160 + 37, 20 * 160)  # 9 frames: odd, the downsampling edge case
+    ids = decoder_ids(1, 7)
+    alone = model(**brope_asr.batch_inputs([short], model.config), decoder_input_ids=ids)
+
+    batched_inputs = brope_asr.batch_inputs([short, long], model.config)
+    assert batched_inputs["attention_mask"].sum(1).tolist() == [9, 20]
+    if "input_features" in batched_inputs:
+        batched_inputs["input_features"][0, :, 9:] = 1e3 * torch.randn(model.config.num_mel_bins, 11)
+    if "waveform" in batched_inputs:
+        batched_inputs["waveform"][0, 9 * 160 :] = 1e3 * torch.randn(11 * 160)
+    batched = model(**batched_inputs, decoder_input_ids=ids.expand(2, -1))
+
+    frames = alone.encoder_last_hidden_state.shape[1]
+    assert frames == (5 if use_downsampling else 9)
+    assert int(model.encoder.output_valid(batched_inputs["attention_mask"])[0].sum()) == frames
+    # 1e-4: batching changes float32 summation order (up to 1e-5 seen); a leak of padding moves 1e-2 and more.
+    assert_close(batched.encoder_last_hidden_state[:1, :frames], alone.encoder_last_hidden_state, atol=1e-4)
+    assert_close(batched.logits[:1], alone.logits, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("blend_attention", [False, True])
+@pytest.mark.parametrize("use_betweenness", [False, True])
+def test_cached_decoding_steps_match_a_full_forward(use_betweenness, blend_attention):
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(use_betweenness=use_betweenness, blend_attention=blend_attention))
+    inputs = audio_inputs(model.config, 3000, 2200)
+    ids = decoder_ids(2, 10)
+    full = model(**inputs, decoder_input_ids=ids).logits
+    encoder_outputs = model.encoder(**inputs)
+    cache = None
+    # A prefix, a chunk of three (the explicit-mask path), then single tokens as generate feeds them.
+    for start, end in ((0, 4), (4, 7), (7, 8), (8, 9), (9, 10)):
+        step = model(
+            encoder_outputs=encoder_outputs,
+            attention_mask=inputs["attention_mask"],
+            decoder_input_ids=ids[:, start:end],
+            cache=cache,
+            use_cache=True,
+        )
+        cache = step.cache
+        assert cache.get_seq_length() == end  # the cache grows: only the new tokens were run
+        assert step.logits.shape == (2, end - start, VOCAB)
+        assert_close(step.logits, full[:, start:end], atol=1e-5)
+
+
+@pytest.mark.parametrize("features_on", [False, True])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_cached_generation_equals_uncached(num_beams, features_on):
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(use_betweenness=features_on, blend_attention=features_on))
+    inputs = audio_inputs(model.config, 3000, 4500)
+    # A random tied-embedding model tends to echo its last token; forbidding repeats (and eos) makes
+    # every step's argmax depend on the logits, so a wrong cache shows up in the ids too.
+    options = dict(
+        max_new_tokens=8,
+        min_new_tokens=8,
+        num_beams=num_beams,
+        do_sample=False,
+        no_repeat_ngram_size=1,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    cached = model.generate(**inputs, use_cache=True, **options)
+    uncached = model.generate(**inputs, use_cache=False, **options)
+    assert cached.sequences.shape == (2, 9)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    assert len(cached.scores) == len(uncached.scores) == 8
+    for cached_scores, uncached_scores in zip(cached.scores, uncached.scores):
+        assert_close(cached_scores, uncached_scores, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- signal processing
+
+
+def real_clip() -> np.ndarray:
+    samples, sampling_rate = soundfile.read(DATA / "train" / "000000.flac", dtype="float32")
+    assert sampling_rate == SAMPLE_RATE
+    return samples
+
+
+@pytest.mark.parametrize("clip", ["noise_400", "noise_1234", "noise_16037", "real"])
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_log_mel_matches_whisper_feature_extractor(n_mels, clip):
+    rng = np.random.default_rng(0)
+    audio = real_clip() if clip == "real" else (0.1 * rng.standard_normal(int(clip.split("_")[1]))).astype(np.float32)
+    extractor = transformers.WhisperFeatureExtractor(feature_size=n_mels)
+    expected = extractor(audio, sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="np").input_features[0]
+    ours = brope_asr.log_mel_spectrogram(torch.from_numpy(audio), n_mels=n_mels)
+    assert ours.shape == (n_mels, len(audio) // 160) == expected.shape
+    assert_close(ours, torch.from_numpy(expected), atol=1e-4)
+    # transformers' numpy path: a separate STFT and filterbank implementation.
+    numpy_reference = extractor._np_extract_fbank_features(audio[None].astype(np.float64), "cpu")[0]
+    assert_close(ours, torch.from_numpy(numpy_reference).float(), atol=1e-4)
+
+
+def test_batched_log_mel_equals_each_clip_alone():
+    torch.manual_seed(0)
+    # The middle clip is a quiet tone with a loud first sample: mel bins far from 1 kHz sit at the
+    # 80 dB floor below the clip's peak, so any frame of padding counted in the peak would move it.
+    click_tone = 0.1 * sine(1000.0, SAMPLE_RATE, 1234).float()
+    click_tone[0] = 1.0
+    clips = [0.1 * torch.randn(400), click_tone, 0.1 * torch.randn(5000)]
+    batch = 1e3 * torch.randn(3, 5000)  # garbage after each clip: it must not leak into the features
+    for row, clip in enumerate(clips):
+        batch[row, : len(clip)] = clip
+    lengths = torch.tensor([len(clip) for clip in clips])
+    features = brope_asr.log_mel_spectrogram(batch, n_mels=80, lengths=lengths)
+    assert features.shape == (3, 80, 5000 // 160)
+    for row, clip in enumerate(clips):
+        frames = len(clip) // 160
+        assert_close(features[row, :, :frames], brope_asr.log_mel_spectrogram(clip, n_mels=80), atol=1e-5)
+        assert torch.equal(features[row, :, frames:], torch.zeros(80, 5000 // 160 - frames))
+
+
+def test_log_mel_rejects_unusable_audio():
+    with pytest.raises(ValueError, match="16000"):
+        brope_asr.log_mel_spectrogram(torch.zeros(1000), sampling_rate=8000)
+    with pytest.raises(TypeError, match="float"):
+        brope_asr.log_mel_spectrogram(torch.zeros(1000, dtype=torch.int16))
+    with pytest.raises(ValueError, match="400"):
+        brope_asr.log_mel_spectrogram(torch.zeros(399))
+
+
+@pytest.mark.parametrize("tone", ["1 kHz", "0.6 Nyquist"])
+@pytest.mark.parametrize("sampling_rate", [8000, 22050, 44100, 48000])
+def test_resample_reproduces_a_sine_at_16khz(sampling_rate, tone):
+    # 0.6 of the lower Nyquist frequency (4.8 kHz, or 2.4 kHz from 8 kHz) lies inside the kernel's
+    # transition band but must still pass nearly whole: a cutoff set too low would remove it.
+    frequency = 1000.0 if tone == "1 kHz" else 0.3 * min(sampling_rate, SAMPLE_RATE)
+    length = sampling_rate // 2 + 7
+    resampled = brope_asr.resample(sine(frequency, sampling_rate, length), sampling_rate)
+    assert resampled.dtype == torch.float32
+    assert resampled.shape == (math.ceil(length * SAMPLE_RATE / sampling_rate),)
+    expected = sine(frequency, SAMPLE_RATE, len(resampled)).float()
+    edge = 200  # the kernel sees zero padding within ~6 periods of the lower rate of each end
+    assert_close(resampled[edge:-edge], expected[edge:-edge], atol=2e-3 if tone == "1 kHz" else 1e-2)
+
+
+def test_resample_removes_tones_above_the_new_nyquist():
+    # 12 kHz lies above 16 kHz's Nyquist frequency (8 kHz); taking every third sample without a
+    # low-pass filter would fold it onto a full-amplitude 4 kHz tone.
+    tone = sine(12000.0, 48000, 24000)
+    assert tone[::3].abs().max() > 0.8
+    resampled = brope_asr.resample(tone, 48000)
+    assert resampled[200:-200].abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("length", [1, 399, 12345])
+@pytest.mark.parametrize("sampling_rate", [8000, 16000, 22050, 44100, 48000])
+def test_resample_output_length_is_ceil_of_the_rate_ratio(sampling_rate, length):
+    resampled = brope_asr.resample(torch.randn(3, 2, length), sampling_rate)
+    assert resampled.shape == (3, 2, math.ceil(length * SAMPLE_RATE / sampling_rate))
+
+
+@pytest.mark.parametrize("sampling_rate", [8000, 44100])
+def test_resample_of_empty_audio_is_empty(sampling_rate):
+    assert brope_asr.resample(torch.zeros(0), sampling_rate).shape == (0,)
+
+
+# ------------------------------------------------------------------------------------------------- audio
+
+
+def test_load_audio_averages_channels_to_mono(tmp_path):
+    torch.manual_seed(0)
+    stereo = 0.1 * torch.randn(4000, 2)
+    path = tmp_path / "stereo.wav"
+    soundfile.write(path, stereo.numpy(), SAMPLE_RATE, subtype="FLOAT")
+    assert_close(brope_asr.load_audio(str(path)), stereo.mean(dim=1), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "name, subtype, tolerance",
+    [
+        ("int16.wav", "PCM_16", 1 / 32768),
+        ("int16.flac", "PCM_16", 1 / 32768),
+        ("float32.wav", "FLOAT", 1e-7),
+        ("float64.wav", "DOUBLE", 1e-7),
+    ],
+)
+def test_load_audio_reads_integer_and_float_files(tmp_path, name, subtype, tolerance):
+    torch.manual_seed(0)
+    clip = 0.3 * torch.randn(8000).clamp(-3, 3).double()
+    path = tmp_path / name
+    soundfile.write(path, clip.numpy(), SAMPLE_RATE, subtype=subtype)
+    loaded = brope_asr.load_audio(str(path))
+    assert loaded.dtype == torch.float32
+    assert_close(loaded.double(), clip, atol=tolerance)
+
+
+def test_load_audio_resamples_to_16khz(tmp_path):
+    clip = 0.5 * sine(1000.0, 44100, 44100)
+    path = tmp_path / "cd.wav"
+    soundfile.write(path, clip.numpy(), 44100, subtype="FLOAT")
+    loaded = brope_asr.load_audio(str(path))
+    assert loaded.shape == (16000,)
+    assert_close(loaded, brope_asr.resample(clip.float(), 44100), atol=1e-6)
+    assert_close(loaded[200:-200], 0.5 * sine(1000.0, SAMPLE_RATE, 16000)[200:-200].float(), atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "junk_bytes", "zero_bytes", "no_samples_16khz", "no_samples_44khz", "too_short", "nan"]
+)
+def test_load_audio_errors_name_the_file(tmp_path, case):
+    path = tmp_path / f"{case}.wav"
+    if case == "junk_bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(2000))
+    if case == "zero_bytes":
+        path.write_bytes(b"")
+    if case.startswith("no_samples"):  # a valid header with no frames
+        soundfile.write(path, np.zeros(0, np.float32), 44100 if case.endswith("44khz") else SAMPLE_RATE)
+    if case == "too_short":
+        soundfile.write(path, np.zeros(300, np.float32), SAMPLE_RATE, subtype="FLOAT")
+    if case == "nan":
+        samples = np.zeros(8000, np.float32)
+        samples[1234] = np.nan
+        soundfile.write(path, samples, SAMPLE_RATE, subtype="FLOAT")
+    with pytest.raises(ValueError) as error:
+        brope_asr.load_audio(str(path))
+    assert str(path) in str(error.value)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize(
+    "metric, predictions, references, expected",
+    [
+        # one substitution (sat -> sit), one deletion (the): 2 edits over 6 reference words
+        ("word", ["the cat sit", "on mat"], ["the cat sat", "on the mat"], 2 / 6),
+        ("word", ["the big cat"], ["the cat"], 1 / 2),  # one insertion
+        ("word", ["a b c"], ["x"], 3 / 1),  # a substitution and two insertions: WER exceeds 1
+        ("word", [""], ["the cat"], 1.0),  # empty prediction: every word deleted
+        ("word", ["  the   cat "], ["the cat"], 0.0),  # words split on any whitespace
+        ("char", ["abd", "d"], ["abc", "de"], 2 / 5),  # a substitution and a deletion
+        ("char", ["ab"], ["a b"], 1 / 3),  # the space is a character
+        ("char", [" ab "], ["ab"], 0.0),  # outer whitespace is stripped
+        ("char", [""], ["abc"], 1.0),
+    ],
+)
+def test_error_rates_on_hand_worked_examples(metric, predictions, references, expected):
+    error_rate = brope_asr.word_error_rate if metric == "word" else brope_asr.char_error_rate
+    assert error_rate(predictions, references) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("error_rate", [brope_asr.word_error_rate, brope_asr.char_error_rate])
+def test_error_rates_reject_mismatched_lengths_and_empty_references(error_rate):
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        error_rate(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="undefined"):
+        error_rate(["a"], [""])
+
+
+def test_token_scores_on_hand_worked_example():
+    # Positions with label -100 are dropped, whatever was predicted there (5 and 7). Left:
+    #   label 0 0 1 1 2 2 2 1
+    #   pred  0 1 1 1 2 2 3 0     accuracy 5/8
+    # class  support  predicted  correct  precision  recall  F1
+    #   0       2         2         1        1/2       1/2    1/2
+    #   1       3         3         2        2/3       2/3    2/3
+    #   2       3         2         2        1         2/3    4/5
+    #   3       0         1         0        0         0      0    (only predicted: weight 0)
+    # weighted by support / 8: precision (1 + 2 + 3) / 8, recall (1 + 2 + 2) / 8, F1 (1 + 2 + 2.4) / 8,
+    # as sklearn's precision_recall_fscore_support(average="weighted", zero_division=0).
+    labels = torch.tensor([[0, 0, 1, 1, -100], [2, 2, 2, 1, -100]])
+    predictions = torch.tensor([[0, 1, 1, 1, 5], [2, 2, 3, 0, 7]])
+    expected = {"accuracy": 5 / 8, "precision": 6 / 8, "recall": 5 / 8, "f1": 5.4 / 8}
+    assert brope_asr.token_scores(predictions, labels) == pytest.approx(expected)
+    # The same example with class 2 as the ignored index: labels 0 0 1 1 1, predictions 0 1 1 1 0;
+    # class 0: 2 support, 2 predicted, 1 correct; class 1: 3, 3, 2 -> every score (2/2 + 3 * 2/3) / 5.
+    scores = brope_asr.token_scores(predictions.numpy(), labels.masked_fill(labels == -100, 2).numpy(), ignore_index=2)
+    assert scores == pytest.approx({"accuracy": 3 / 5, "precision": 3 / 5, "recall": 3 / 5, "f1": 3 / 5})
+
+
+def test_token_scores_reject_unusable_inputs():
+    with pytest.raises(ValueError, match="one shape"):
+        brope_asr.token_scores(torch.zeros(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="ignore_index"):
+        brope_asr.token_scores(torch.zeros(2, 3), torch.full((2, 3), -100))
+
+
+# ------------------------------------------------------------------------------------ saving and config
+
+
+@pytest.mark.parametrize("learned_rope_frequencies", [False, True])
+@pytest.mark.parametrize("input_mode", INPUT_MODES)
+def test_from_pretrained_reproduces_logits(tmp_path, input_mode, learned_rope_frequencies):
+    # from_pretrained builds the model on the meta device: anything computed in __init__ rather than
+    # loaded or recomputed (a frequency or window buffer) would come back as garbage here.
+    torch.manual_seed(0)
+    overrides = {**ALL_FEATURES, "input_mode": input_mode, "learned_rope_frequencies": learned_rope_frequencies}
+    model = move_off_init(tiny_model(**overrides))
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+    loaded = BRoPEASRForConditionalGeneration.from_pretrained(tmp_path).eval()
+    # Tied output projection: logits come from the token embedding; no separate lm_head is saved.
+    assert not any("lm_head" in name for name in loaded.state_dict())
+    inputs = audio_inputs(model.config, 3000, 2200)
+    labels = decoder_ids(2, 7)
+    expected, got = model(**inputs, labels=labels), loaded(**inputs, labels=labels)
+    assert_close(got.logits, expected.logits, atol=1e-6)
+    assert_close(got.loss, expected.loss, atol=1e-6)
+    assert loaded.learned_blends() == pytest.approx(model.learned_blends())
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("encoder_attention_heads", 3),  # does not divide d_model = 32
+        ("decoder_attention_heads", 0),
+        ("encoder_attention_heads", 32),  # head width 1: no channel pair to rotate
+        ("betweenness_offset", 0),
+        ("ctc_weight", -0.5),
+        ("pad_token_id", VOCAB),
+        ("bos_token_id", -1),
+        ("eos_token_id", 99),
+        ("decoder_start_token_id", VOCAB),
+    ],
+)
+def test_config_rejects_inconsistent_fields(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
+
+
+def test_from_preset_rejects_unknown_names():
+    assert BRoPEASRConfig.from_preset("seed", d_model=64).d_model == 64
+    with pytest.raises(ValueError, match="small"):
+        BRoPEASRConfig.from_preset("huge")
+
+
+def _mask_with(inputs, rows):
+    return {"input_features": inputs["input_features"], "attention_mask": torch.tensor(rows, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize(
+    "overrides, make_inputs, match",
+    [
+        pytest.param(
+            dict(input_mode="spectrogram"), lambda x: {"waveform": x["waveform"]}, "needs `input_features`",
+            id="spectrogram_mode_without_features",
+        ),
+        pytest.param(
+            dict(input_mode="waveform"), lambda x: x, "does not take `input_features`", id="waveform_mode_with_features"
+        ),
+        pytest.param(
+            dict(input_mode="both"), lambda x: {"input_features": x["input_features"]}, "needs `waveform`",
+            id="both_mode_without_waveform",
+        ),
+        pytest.param(dict(), lambda x: {"input_features": torch.zeros(2, 64, 5)}, "num_mel_bins=80", id="64_mel_bins"),
+        pytest.param(
+            dict(max_source_positions=4), lambda x: {"input_features": x["input_features"]}, "max_source_positions=4",
+            id="longer_than_max_source_positions",
+        ),
+        pytest.param(
+            dict(input_mode="both"), lambda x: {**x, "waveform": x["waveform"][:, :-160]}, "same 5 frames",
+            id="waveform_shorter_than_features",
+        ),
+        pytest.param(dict(), lambda x: _mask_with(x, [[1] * 5, [0, 1, 1, 1, 1]]), "right padding", id="left_padded"),
+        pytest.param(dict(), lambda x: _mask_with(x, [[1] * 5, [1, 0, 1, 0, 0]]), "right padding", id="mask_with_hole"),
+        pytest.param(dict(), lambda x: _mask_with(x, [[1] * 5, [0] * 5]), "right padding", id="empty_mask_row"),
+        pytest.param(dict(), lambda x: _mask_with(x, [[1] * 5]), "attention_mask must be", id="mask_batch_mismatch"),
+    ],
+)
+def test_forward_rejects_unusable_inputs(overrides, make_inputs, match):
+    torch.manual_seed(0)
+    config = tiny_config(**overrides)
+    model = BRoPEASRForConditionalGeneration(config).eval()
+    both = brope_asr.batch_inputs(random_clips(800, 800), tiny_config(input_mode="both"))
+    inputs = {key: value for key, value in both.items() if key != "attention_mask"}
+    with pytest.raises(ValueError, match=match):
+        model(**make_inputs(inputs), decoder_input_ids=decoder_ids(2, 3))
+
+
+def test_forward_rejects_overlong_or_missing_decoder_input():
+    torch.manual_seed(0)
+    model = tiny_model(max_target_positions=6)
+    inputs = audio_inputs(model.config, 800, 800)
+    model(**inputs, decoder_input_ids=decoder_ids(2, 6))
+    with pytest.raises(ValueError, match="max_target_positions=6"):
+        model(**inputs, decoder_input_ids=decoder_ids(2, 7))
+    with pytest.raises(ValueError, match="decoder_input_ids"):
+        model(**inputs)
+
+
+# -------------------------------------------------------------------------------------- CTC and building
+
+
+@pytest.mark.parametrize("input_mode", ["spectrogram", "waveform"])
+def test_loss_is_cross_entropy_plus_weighted_ctc(input_mode):
+    torch.manual_seed(0)
+    weight = 0.3
+    model = move_off_init(tiny_model(input_mode=input_mode, ctc_weight=weight, use_betweenness=True))
+    inputs = audio_inputs(model.config, 4000, 2500)  # 25 and 15 frames -> 13 and 8 encoder frames
+    labels = torch.tensor([[5, 6, 7, 8, 2], [9, 10, 2, -100, -100]])
+    output = model(**inputs, labels=labels)
+
+    # Independent reference: token cross-entropy over non-ignored labels, plus CTC of each clip's
+    # real encoder frames against its transcript without eos, divided by its length, averaged.
+    cross_entropy = F.cross_entropy(output.logits.reshape(-1, VOCAB), labels.reshape(-1), ignore_index=-100)
+    log_probs = model.ctc_head(output.encoder_last_hidden_state).log_softmax(-1)
+    ctc = [
+        F.ctc_loss(log_probs[b, :frames, None], torch.tensor([target]), [frames], [len(target)], blank=0)
+        for b, frames, target in ((0, 13, [5, 6, 7, 8]), (1, 8, [9, 10]))
+    ]
+    assert_close(output.loss, cross_entropy + weight * torch.stack(ctc).mean(), atol=1e-5)
+
+    # The same identity through the model's own pieces: the loss of the same weights without CTC,
+    # plus weight x ctc_loss.
+    without_ctc = tiny_model(input_mode=input_mode, use_betweenness=True)
+    missing, unexpected = without_ctc.load_state_dict(model.state_dict(), strict=False)
+    assert not missing and all(name.startswith("ctc_head.") for name in unexpected)
+    valid = model.encoder.output_valid(inputs["attention_mask"])
+    ctc_loss = model.ctc_loss(output.encoder_last_hidden_state, valid, labels)
+    assert_close(output.loss, without_ctc(**inputs, labels=labels).loss + weight * ctc_loss, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "disabled, absent",
+    [
+        pytest.param(dict(ctc_weight=0.0), ("ctc_head.",), id="ctc"),
+        pytest.param(dict(input_mode="spectrogram"), ("encoder.waveform", "input_blend_logit"), id="waveform"),
+        pytest.param(dict(input_mode="waveform"), ("encoder.spectrogram", "input_blend_logit"), id="spectrogram"),
+        pytest.param(dict(blend_attention=False), (".blend_logit", ".log_temperature"), id="blend_attention"),
+        pytest.param(dict(use_betweenness=False), (".betweenness.",), id="betweenness"),
+        pytest.param(dict(learned_rope_frequencies=False), ("log_inv_freq",), id="learned_rope_frequencies"),
+        pytest.param(dict(use_downsampling=False), ("encoder.downsample.",), id="downsampling"),
+    ],
+)
+def test_disabled_features_build_no_parameters(disabled, absent):
+    enabled_names = [name for name, _ in tiny_model(**ALL_FEATURES).named_parameters()]
+    names = [name for name, _ in tiny_model(**{**ALL_FEATURES, **disabled}).named_parameters()]
+    for part in absent:
+        assert any(part in name for name in enabled_names)
+        assert not any(part in name for name in names), part
+    assert set(names) < set(enabled_names)
+
+
+@pytest.mark.parametrize("input_mode", INPUT_MODES)
+def test_every_parameter_receives_gradient(input_mode):
+    # An unused parameter breaks DistributedDataParallel; a dead branch would show here as no gradient.
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(**{**ALL_FEATURES, "input_mode": input_mode})).train()
+    inputs = audio_inputs(model.config, 3000, 2200)
+    model(**inputs, labels=decoder_ids(2, 6)).loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and bool((parameter.grad != 0).any()), name
+
+
+def test_initialization_report_counts_modules_by_rule(capsys):
+    torch.manual_seed(0)
+    model = tiny_model(**ALL_FEATURES)
+    report = model.initialization_report()
+    printed = capsys.readouterr().out
+    # Hand count for one encoder and one decoder layer with every feature on:
+    # Attention: encoder self, decoder self and cross; bRoPE in the two self-attentions.
+    # Linear: 4 per attention, 2 betweenness projections, 2 per feed-forward, squeeze and excite, CTC head.
+    # Conv1d: 3 in the spectrogram front end, 4 in the waveform front end, the downsampling.
+    # LayerNorm: 2 front-end norms, 2 + final in the encoder, 3 + final in the decoder.
+    assert report["modules"] == {
+        "Attention": 3,
+        "BetweennessShift": 2,
+        "Conv1d": 8,
+        "Embedding": 1,
+        "Encoder": 1,
+        "LayerNorm": 9,
+        "Linear": 4 * 3 + 2 + 2 * 2 + 2 + 1,
+    }
+    owners = {type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(recurse=False))}
+    assert owners <= set(brope_asr.INIT_RULES), owners - set(brope_asr.INIT_RULES)
+    total = sum(p.numel() for p in model.parameters())
+    assert report["total_parameters"] == report["trainable_parameters"] == total
+    lines = printed.splitlines()
+    for name, count in report["modules"].items():  # one line per type: name, count and rule
+        assert any(line.split()[:2] == [name, str(count)] and brope_asr.INIT_RULES[name] in line for line in lines)
+    assert f"{total:,}" in printed
+
+
+def test_initialization_starts_at_the_plain_baseline():
+    torch.manual_seed(0)
+    model = tiny_model(**{**ALL_FEATURES, "init_std": 0.02})
+    head_dim = 32 // 2
+    for module in model.modules():
+        if isinstance(module, Attention):
+            blend, temperature = module.blend()
+            assert_close(blend, torch.full((2,), 0.5), atol=1e-7)
+            assert_close(temperature, torch.full((2,), math.sqrt(head_dim)), atol=1e-5)
+            if module.log_inv_freq is not None:
+                assert_close(module.inv_freq(None), brope_asr.rope_frequencies(head_dim, 10000.0), atol=1e-7)
+        if isinstance(module, BetweennessShift):
+            assert not module.gate.any()
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones(32)) and torch.equal(module.bias, torch.zeros(32))
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.abs().max() <= 2 * 0.02 and (module.bias is None or not module.bias.any())
+    assert model.encoder.input_blend().item() == 0.5
+
+
+# -------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def overfit_model():
+    """A small model trained to memorize four short training clips, with its character tokenizer.
+
+    Returns (model in eval mode, tokenizer, the clips' paths, transcripts, waveforms, final loss).
+    """
+    torch.manual_seed(0)
+    with open(DATA / "metadata.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["split"] == "train"]
+    paths, texts, waveforms = [], [], []
+    for row in rows:  # the first four clips under 1.2 s with distinct transcripts: fast to fit
+        waveform = brope_asr.load_audio(str(DATA / row["file_name"]))
+        if len(waveform) < 1.2 * SAMPLE_RATE and row["transcription"] not in texts:
+            paths.append(DATA / row["file_name"])
+            texts.append(row["transcription"])
+            waveforms.append(waveform)
+        if len(texts) == 4:
+            break
+    tokenizer = train_hf.build_tokenizer(texts)
+    targets = [tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for text in texts]
+    labels = torch.full((4, max(map(len, targets))), -100)
+    for row, target in enumerate(targets):
+        labels[row, : len(target)] = torch.tensor(target)
+
+    config = tiny_config(
+        vocab_size=len(tokenizer),
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        init_std=0.02,
+        input_mode="both",
+        use_betweenness=True,
+        blend_attention=True,
+    )
+    model = BRoPEASRForConditionalGeneration(config).train()
+    inputs = brope_asr.batch_inputs(waveforms, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for _ in range(150):
+        loss = model(**inputs, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), tokenizer, paths, texts, waveforms, loss.item()
+
+
+def test_overfits_four_clips_and_transcribes_them_back(overfit_model):
+    model, tokenizer, _, texts, waveforms, loss = overfit_model
+    assert loss < 0.02
+    assert brope_asr.transcribe(model, tokenizer, waveforms) == texts
+    assert brope_asr.transcribe(model, tokenizer, waveforms, num_beams=3) == texts
+    assert brope_asr.word_error_rate(brope_asr.transcribe(model, tokenizer, waveforms), texts) == 0.0
+
+
+def test_transcribe_cli_prints_good_files_and_names_bad_ones(overfit_model, tmp_path):
+    model, tokenizer, paths, texts, waveforms, _ = overfit_model
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    good, good2 = str(paths[0]), str(tmp_path / "good2.wav")
+    soundfile.write(good2, waveforms[1].numpy(), SAMPLE_RATE, subtype="PCM_16")  # the FLAC's own 16-bit samples
+    missing, junk = str(tmp_path / "missing.flac"), tmp_path / "junk.wav"
+    junk.write_bytes(b"not audio at all" * 100)
+    result = subprocess.run(
+        [sys.executable, "brope_asr.py", "transcribe", "--model", str(model_dir), good, missing, str(junk), good2],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert result.stdout.splitlines() == [f"{good}\t{texts[0]}", f"{good2}\t{texts[1]}"]
+    errors = result.stderr.splitlines()
+    for bad in (missing, str(junk)):
+        assert sum(line.startswith(bad) for line in errors) == 1, result.stderr
+    assert not any(good in line or good2 in line for line in errors), result.stderr
+
+
+# ----------------------------------------------------------------------- train_hf.py: data, training, faults
+
+
+def write_corpus(folder: Path, rows: list[dict]) -> Path:
+    """A corpus folder: metadata.csv listing `rows` (file_name relative to `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metadata.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["file_name", "transcription", "split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+def small_corpus(folder: Path, train: int = 8, validation: int = 4, test: int = 4) -> tuple[Path, list[dict]]:
+    """The first clips of each split of data/, referenced by absolute path from a new metadata.csv."""
+    with open(DATA / "metadata.csv", newline="") as file:
+        table = list(csv.DictReader(file))
+    counts = {"train": train, "validation": validation, "test": test}
+    rows = [
+        {**row, "file_name": str(DATA / row["file_name"])}
+        for split, count in counts.items()
+        for row in [r for r in table if r["split"] == split][:count]
+    ]
+    return write_corpus(folder, rows), rows
+
+
+def run_train(data_dir: Path, output_dir: Path, *extra: str) -> dict:
+    """A four-step train_hf.py run (evaluation and checkpoint every two steps) on `data_dir`."""
+    argv = ["--data-dir", str(data_dir), "--output-dir", str(output_dir), "--max-steps", "4", "--eval-steps", "2",
+            "--batch-size", "4", "--warmup-steps", "1", *extra]
+    return train_hf.main(argv)
+
+
+def test_character_tokenizer_round_trips_and_maps_unknown_characters_to_unk(tmp_path):
+    tokenizer = train_hf.build_tokenizer(["one two", "three"])
+    assert [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id] == [0, 1, 2, 3]
+    ids = tokenizer("two three", add_special_tokens=False).input_ids
+    assert len(ids) == len("two three") and tokenizer.decode(ids) == "two three"
+    assert tokenizer("zoo", add_special_tokens=False).input_ids[0] == tokenizer.unk_token_id
+    tokenizer.save_pretrained(tmp_path)
+    loaded = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path)
+    assert loaded.decode([1, *ids, 2, 0], skip_special_tokens=True) == "two three"
+
+
+def test_collator_pads_to_the_longest_clip_and_augments_only_marked_rows():
+    torch.manual_seed(0)
+    config = tiny_config(input_mode="both")
+    collate = train_hf.Collator(config)
+    clips = random_clips(4000, 2500)
+    rows = [{"waveform": clip.numpy(), "labels": [5, 6, 2][: 3 - i], "augment": False} for i, clip in enumerate(clips)]
+    batch = collate(rows)
+    expected = brope_asr.batch_inputs(clips, config)
+    for name in ("input_features", "waveform", "attention_mask"):
+        torch.testing.assert_close(batch[name], expected[name], rtol=0, atol=0)
+    assert batch["labels"].tolist() == [[5, 6, 2], [5, 6, -100]]
+    augmented = collate([{**row, "augment": True} for row in rows])
+    assert not torch.equal(augmented["waveform"], batch["waveform"][:, : augmented["waveform"].shape[1]])
+
+
+def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
+    data, rows = small_corpus(tmp_path / "data")
+    output = tmp_path / "run"
+    results = run_train(data, output, "--input-mode", "both", "--betweenness", "--blend-attention", "--ctc-weight", "0.3")
+    assert 0 <= results["test_wer"] and 0 <= results["test_cer"] and results["train_seconds"] > 0
+    with open(output / "metrics.csv", newline="") as file:
+        history = list(csv.DictReader(file))
+    assert [row["step"] for row in history] == ["2", "4"]
+    assert set(history[0]) == set(train_hf.MetricsTable.COLUMNS)
+    assert (output / "model.safetensors").exists() and (output / "checkpoint-4" / "model.safetensors").exists()
+    test_file = next(row["file_name"] for row in rows if row["split"] == "test")
+    result = subprocess.run(
+        [sys.executable, "brope_asr.py", "transcribe", "--model", str(output), test_file],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith(f"{test_file}\t")
+
+
+def test_train_hf_accepts_a_saved_tokenizer(tmp_path):
+    data, _ = small_corpus(tmp_path / "data", train=4, validation=2, test=0)
+    train_hf.build_tokenizer(["zero one two three four five six seven eight nine"]).save_pretrained(tmp_path / "tok")
+    run_train(data, tmp_path / "run", "--tokenizer", str(tmp_path / "tok"), "--max-steps", "1", "--test-split", "")
+    saved = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "run")
+    assert saved.get_vocab() == transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok").get_vocab()
+
+
+def bad_rows(folder: Path) -> list[dict]:
+    """Six unusable training rows, each a kind of fault, with files written into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "junk.wav").write_bytes(b"this is not audio" * 50)
+    soundfile.write(folder / "empty.wav", np.zeros(0, dtype=np.float32), SAMPLE_RATE)
+    soundfile.write(folder / "nan.wav", np.full(8000, np.nan, dtype=np.float32), SAMPLE_RATE, subtype="FLOAT")
+    soundfile.write(folder / "long.flac", np.zeros(31 * SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
+    files = ["missing.flac", "junk.wav", "empty.wav", "nan.wav", "long.flac"]
+    rows = [{"file_name": str(folder / name), "transcription": "one", "split": "train"} for name in files]
+    good = next(DATA.glob("train/*.flac"))
+    rows.append({"file_name": str(good), "transcription": "one " * 200, "split": "train"})  # > max_target_positions
+    return rows
+
+
+def test_bad_rows_are_skipped_with_a_warning_that_counts_and_names_them(tmp_path):
+    _, rows = small_corpus(tmp_path / "data", train=6, validation=2, test=0)
+    rows[-1]["transcription"] += " ?"  # a validation character the training transcripts lack
+    rows.append({"file_name": rows[0]["file_name"], "transcription": "", "split": "train"})  # empty: usable
+    data = write_corpus(tmp_path / "data", rows + bad_rows(tmp_path / "bad"))
+    with pytest.warns(UserWarning) as caught:
+        run_train(data, tmp_path / "run", "--max-steps", "1", "--test-split", "")
+    messages = "\n".join(str(w.message) for w in caught)
+    assert "skipped 6 bad rows of 13 in the train split" in messages
+    for name in ("missing.flac", "junk.wav", "empty.wav", "nan.wav", "long.flac", "max_target_positions"):
+        assert name in messages
+    assert "1 characters in the validation split are not in the tokenizer" in messages
+
+
+def test_bad_rows_stop_the_run_with_the_full_list_when_asked(tmp_path):
+    _, rows = small_corpus(tmp_path / "data", train=4, validation=2, test=0)
+    data = write_corpus(tmp_path / "data", rows + bad_rows(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="6 bad rows in the train split") as error:
+        run_train(data, tmp_path / "run", "--on-bad-audio", "error", "--test-split", "")
+    for name in ("missing.flac", "junk.wav", "empty.wav", "nan.wav", "long.flac"):
+        assert name in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_text_column_is_named(tmp_path):
+    data, rows = small_corpus(tmp_path / "data", train=2, validation=1, test=0)
+    with open(data / "metadata.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["file_name", "split"])
+        writer.writeheader()
+        writer.writerows({"file_name": row["file_name"], "split": row["split"]} for row in rows)
+    with pytest.raises(ValueError, match="no column 'transcription'"):
+        run_train(data, tmp_path / "run")
+
+
+def test_non_finite_loss_stops_training_naming_the_step_without_saving(tmp_path):
+    data, _ = small_corpus(tmp_path / "data", train=4, validation=2, test=0)
+    with pytest.raises(train_hf.NonFiniteLossError, match=r"at step \d+"):
+        run_train(data, tmp_path / "run", "--learning-rate", "1e30", "--max-steps", "6", "--eval-steps", "6",
+                  "--test-split", "", "--no-augment")
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_resumed_run_reaches_the_same_final_step_and_metrics(tmp_path, monkeypatch):
+    data, _ = small_corpus(tmp_path / "data", train=8, validation=2, test=2)
+    whole = run_train(data, tmp_path / "whole")
+    interrupted = tmp_path / "interrupted"
+    run_train(data, interrupted)
+    for path in [interrupted / "checkpoint-4", *interrupted.glob("*.safetensors"), interrupted / "metrics.csv"]:
+        subprocess.run(["rm", "-rf", str(path)], check=True)  # as if killed after the step-2 checkpoint
+    steps = []
+    training_step = train_hf.ASRTrainer.training_step
+    monkeypatch.setattr(train_hf.ASRTrainer, "training_step", lambda self, *a, **k: steps.append(1) or training_step(self, *a, **k))
+    resumed = run_train(data, interrupted, "--resume")
+    assert len(steps) == 2  # steps 3 and 4 only: it continued, it did not start over
+    state = json.loads((interrupted / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    assert resumed["test_wer"] == whole["test_wer"] and resumed["test_loss"] == pytest.approx(whole["test_loss"])
+    model = BRoPEASRForConditionalGeneration.from_pretrained(interrupted)
+    assert model.num_parameters() > 0
+
+
+def test_same_seed_gives_the_same_metrics(tmp_path):
+    data, _ = small_corpus(tmp_path / "data", train=8, validation=2, test=2)
+    first = run_train(data, tmp_path / "a", "--seed", "3")
+    second = run_train(data, tmp_path / "b", "--seed", "3")
+    timing = ("runtime", "per_second", "seconds")
+    assert {k: v for k, v in first.items() if not k.endswith(timing)} == {
+        k: v for k, v in second.items() if not k.endswith(timing)
+    }
+    assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    "toggles",
+    [
+        ["--input-mode", "spectrogram"],
+        ["--input-mode", "waveform", "--betweenness"],
+        ["--input-mode", "both", "--betweenness", "--blend-attention", "--ctc-weight", "0.3"],
+    ],
+)
+def test_two_process_torchrun_trains_and_saves_a_loadable_model(tmp_path, toggles):
+    data, _ = small_corpus(tmp_path / "data", train=8, validation=2, test=2)
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+               "train_hf.py", "--data-dir", str(data), "--output-dir", str(output), "--max-steps", "2",
+               "--eval-steps", "2", "--batch-size", "2", *toggles]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].startswith("test WER")
+    model = BRoPEASRForConditionalGeneration.from_pretrained(output)
+    assert model.config.input_mode == toggles[1]
