@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -1207,23 +1208,52 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
 
 
-@pytest.mark.parametrize(
-    "toggles",
-    [
-        ["--input-mode", "spectrogram"],
-        ["--input-mode", "waveform", "--betweenness"],
-        ["--input-mode", "both", "--betweenness", "--blend-attention", "--ctc-weight", "0.3"],
-    ],
-)
-def test_two_process_torchrun_trains_and_saves_a_loadable_model(tmp_path, toggles):
+@pytest.mark.parametrize("blend", ["--no-blend-attention", "--blend-attention"])
+@pytest.mark.parametrize("betweenness", ["--no-betweenness", "--betweenness"])
+@pytest.mark.parametrize("input_mode", INPUT_MODES)
+def test_two_process_torchrun_trains_and_saves_a_loadable_model(tmp_path, input_mode, betweenness, blend):
+    toggles = ["--input-mode", input_mode, betweenness, blend, "--ctc-weight", "0.3" if input_mode == "both" else "0"]
     data, _ = small_corpus(tmp_path / "data", train=8, validation=2, test=2)
     output = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                "train_hf.py", "--data-dir", str(data), "--output-dir", str(output), "--max-steps", "2",
                "--eval-steps", "2", "--batch-size", "2", *toggles]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1].startswith("test WER")
+    assert [line for line in result.stdout.splitlines() if line.startswith("test WER")] == [
+        result.stdout.strip().splitlines()[-1]
+    ]  # one process reports, the other trains alongside it
     model = BRoPEASRForConditionalGeneration.from_pretrained(output)
     assert model.config.input_mode == toggles[1]
+
+
+def test_ablation_grid_trains_each_run_once_and_writes_its_table(tmp_path, monkeypatch):
+    import ablate
+
+    data, _ = small_corpus(tmp_path / "data", train=16, validation=4, test=4)
+    grid = tmp_path / "grid"
+    argv = ["--modes", "spectrogram", "--betweenness", "off", "on", "--blend", "off", "--seeds", "1",
+            "--max-steps", "2", "--output-dir", str(grid), "--", "--data-dir", str(data), "--batch-size", "4"]
+    names = ["spectrogram_betweenness-off_blend-off", "spectrogram_betweenness-on_blend-off"]
+
+    rows = ablate.main(argv)
+    assert [(row["cell"], row["runs"], row["failed"]) for row in rows] == [(name, 1, 0) for name in names]
+    assert all(name in (grid / "ablation.md").read_text() for name in names)
+    with open(grid / "ablation.csv", newline="") as file:
+        assert [row["cell"] for row in csv.DictReader(file)] == names
+    results = [grid / name / "seed0" / "result.json" for name in names]
+    assert "betweenness_gate" not in json.loads(results[0].read_text())
+    assert "betweenness_gate" in json.loads(results[1].read_text())
+    written = [path.stat().st_mtime_ns for path in results]
+
+    def train_again(argv):
+        raise AssertionError(f"a finished run was trained again: {argv}")
+
+    monkeypatch.setattr(ablate.train_hf, "main", train_again)
+    rerun = ablate.main(argv)  # a retrained run would fail in train_again and count as failed
+    assert [(row["cell"], row["runs"], row["failed"]) for row in rerun] == [(name, 1, 0) for name in names]
+    assert [path.stat().st_mtime_ns for path in results] == written

@@ -395,6 +395,7 @@ def main(argv=None) -> dict:
         ddp_find_unused_parameters=False,  # every built parameter is used (unused branches are not built)
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU run DDP (gloo) rather than N copies
     )
     torch.manual_seed(args.seed)  # the model is built before Trainer seeds
     model = BRoPEASRForConditionalGeneration(config)
