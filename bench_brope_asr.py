@@ -58,6 +58,8 @@ from brope_asr import (
     BRoPEASRConfig,
     BRoPEASRForConditionalGeneration,
     apply_rotary,
+    rotary_cos_sin,
+    rotate,
     batch_inputs,
     log_mel_spectrogram,
     rope_frequencies,
@@ -570,36 +572,37 @@ def log_mel_rows(runner: Runner, sizes: Sizes) -> list[Row]:
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain RoPE at integer positions 0 .. S-1."""
-    positions = torch.arange(q.shape[-2], device=q.device)
-    return apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
+    """Plain RoPE at integer positions 0 .. S-1, cos/sin shared by q and k as in the model."""
+    cos, sin = rotary_cos_sin(torch.arange(q.shape[-2], device=q.device), inv_freq)
+    return rotate(q, cos, sin), rotate(k, cos, sin)
 
 
 def brope(q, k, v, shift: BetweennessShift, inv_freq) -> tuple[torch.Tensor, torch.Tensor]:
     """bRoPE as the encoder runs it: positions 0 .. S-1 plus the betweenness shift of the values."""
     positions = torch.arange(q.shape[-2], device=q.device) + shift(v, causal=False, valid=None)
-    return apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
+    cos, sin = rotary_cos_sin(positions, inv_freq)
+    return rotate(q, cos, sin), rotate(k, cos, sin)
 
 
 def brope_straightforward(q, k, v, shift: BetweennessShift, inv_freq, eps: float = 1e-6):
     """The baseline of row 4: bRoPE as first written, not used by the model.
 
-    The full (S, S) matrix of pairwise distances between the projected values, then a Python loop
-    over positions reading each token's triple (j-k, j, j+k) from it, then RoPE at exact angles.
-    Same score and eps as `betweenness_score`, so the outputs equal `brope`'s.
+    The full (S, S) matrix of pairwise distances between the projected values (concatenated over
+    heads), then a Python loop over positions reading each token's triple (j-k, j, j+k) from it, then
+    RoPE at exact angles. Same score and eps as `betweenness_score`, so the outputs equal `brope`'s.
     """
-    z = shift.proj(v)  # (B, H, S, P)
-    distance = ((z[..., :, None, :] - z[..., None, :, :]).square().sum(-1) + eps**2).sqrt()  # (B, H, S, S)
+    z = shift.proj(v).transpose(1, 2).flatten(2)  # (B, S, H P)
+    distance = ((z[:, :, None, :] - z[:, None, :, :]).square().sum(-1) + eps**2).sqrt()  # (B, S, S)
     offset, length = shift.offset, z.shape[-2]
     scores = []
     for j in range(length):
         if offset <= j < length - offset:
             a, c = j - offset, j + offset
-            scores.append(distance[..., a, c] / (distance[..., a, j] + distance[..., j, c]))
+            scores.append(distance[:, a, c] / (distance[:, a, j] + distance[:, j, c]))
         else:
-            scores.append(distance.new_zeros(distance.shape[:2]))
-    score = torch.stack(scores, dim=-1)  # (B, H, S)
-    positions = torch.arange(length, device=q.device) + shift.max_shift * torch.tanh(shift.gate)[:, None] * score
+            scores.append(distance.new_zeros(distance.shape[:1]))
+    score = torch.stack(scores, dim=-1)[:, None]  # (B, 1, S)
+    positions = torch.arange(length, device=q.device) + shift.max_shift * torch.tanh(shift.gate) * score
     return apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
 
 

@@ -1257,3 +1257,11 @@ def test_ablation_grid_trains_each_run_once_and_writes_its_table(tmp_path, monke
     rerun = ablate.main(argv)  # a retrained run would fail in train_again and count as failed
     assert [(row["cell"], row["runs"], row["failed"]) for row in rerun] == [(name, 1, 0) for name in names]
     assert [path.stat().st_mtime_ns for path in results] == written
+
+
+def test_silent_clip_gives_finite_features_and_decodes(overfit_model):
+    model, tokenizer, *_ = overfit_model
+    silence = torch.zeros(SAMPLE_RATE)
+    features = brope_asr.log_mel_spectrogram(silence)
+    assert bool(torch.isfinite(features).all())
+    assert isinstance(brope_asr.transcribe(model, tokenizer, [silence])[0], str)
