@@ -1265,3 +1265,14 @@ def test_silent_clip_gives_finite_features_and_decodes(overfit_model):
     features = brope_asr.log_mel_spectrogram(silence)
     assert bool(torch.isfinite(features).all())
     assert isinstance(brope_asr.transcribe(model, tokenizer, [silence])[0], str)
+
+
+def test_benchmark_quick_run_prints_one_table_with_every_row():
+    result = subprocess.run(
+        [sys.executable, "bench_brope_asr.py", "--quick", "--threads", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| # | row |")
+    assert {line.split("|")[1].strip() for line in table[2:]} == {"1", "2", "3", "4", "5"}
