@@ -1276,3 +1276,12 @@ def test_benchmark_quick_run_prints_one_table_with_every_row():
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| # | row |")
     assert {line.split("|")[1].strip() for line in table[2:]} == {"1", "2", "3", "4", "5"}
+
+
+def test_speed_perturbation_never_lengthens_a_clip_past_max_source_positions():
+    torch.manual_seed(0)
+    config = tiny_config(max_source_positions=100)
+    collate = train_hf.Collator(config)
+    row = {"waveform": random_clips(100 * 160)[0].numpy(), "labels": [5, 2], "augment": True}
+    frames = {collate([row])["attention_mask"].shape[1] for _ in range(20)}  # all three speeds get drawn
+    assert max(frames) == 100 and min(frames) < 100

@@ -175,6 +175,8 @@ class Collator:
     def perturb(self, clip: torch.Tensor) -> torch.Tensor:
         """(N,) -> (N',) waveform with random speed, gain and noise."""
         speed = SPEEDS[int(torch.randint(len(SPEEDS), ()))]
+        if len(clip) / speed > self.config.max_source_positions * HOP_LENGTH:
+            speed = 1.0  # slowing down would push the clip past what the model accepts
         clip = resample(clip, round(SAMPLE_RATE * speed), SAMPLE_RATE)  # played back `speed` times faster
         clip = clip * 10 ** (torch.empty(()).uniform_(-6, 6) / 20)
         snr_db = torch.empty(()).uniform_(20, 40)
@@ -305,6 +307,7 @@ class MetricsTable(TrainerCallback):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line; `argv` None reads sys.argv."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--preset", choices=("small", "seed"), default="small", help="model size")
