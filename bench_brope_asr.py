@@ -415,40 +415,17 @@ def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
         }
         step = {name: runner.measure(training_step(*build(), runner)) for name, build in builders.items()}
 
-        name = f"train {label}, batch {batch}"
+        step["off"] = off
+        comparisons = [  # (what, ours, anchor, target ratio): the ratio is anchor time / our time
+            ("ours 3-s clips vs Whisper 30-s input", "off", "Whisper 30 s", 10.0),
+            ("ours vs Whisper cut to 3 s (150 positions)", "off", "Whisper 3 s", 1.0),
+            ("ours vs Whisper, both on 30-s input", "ours 30 s", "Whisper 30 s", 1.0),
+            ("all options on vs off (3 s; ≥ 0.8 = at most 25% cost)", "on", "off", 0.8),
+        ]
         rows += [
-            Row(
-                1,
-                f"{name}: ours 3-s clips vs Whisper 30-s input",
-                speed(off),
-                speed(step["Whisper 30 s"]),
-                step["Whisper 30 s"].seconds / off.seconds,
-                10.0,
-            ),
-            Row(
-                1,
-                f"{name}: ours vs Whisper cut to 3 s (150 positions)",
-                speed(off),
-                speed(step["Whisper 3 s"]),
-                step["Whisper 3 s"].seconds / off.seconds,
-                1.0,
-            ),
-            Row(
-                1,
-                f"{name}: ours vs Whisper, both on 30-s input",
-                speed(step["ours 30 s"]),
-                speed(step["Whisper 30 s"]),
-                step["Whisper 30 s"].seconds / step["ours 30 s"].seconds,
-                1.0,
-            ),
-            Row(
-                1,
-                f"{name}: all options on vs off (3 s; ≥ 0.8 = at most 25% cost)",
-                speed(step["on"]),
-                speed(off),
-                off.seconds / step["on"].seconds,
-                0.8,
-            ),
+            Row(1, f"train {label}, batch {batch}: {what}", speed(step[ours]), speed(step[anchor]),
+                step[anchor].seconds / step[ours].seconds, target)
+            for what, ours, anchor, target in comparisons
         ]
         if flops is not None:
             peak = matmul_rate(runner, sizes.matmul_size)

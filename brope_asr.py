@@ -303,22 +303,26 @@ def resample(audio: torch.Tensor | np.ndarray, orig_sr: int, target_sr: int = SA
     return out[:, :target_length].reshape(*shape[:-1], target_length)
 
 
-def load_audio(path: str, sampling_rate: int = SAMPLE_RATE) -> torch.Tensor:
+def load_audio(source, sampling_rate: int = SAMPLE_RATE, name: str | None = None) -> torch.Tensor:
     """Read any soundfile-readable file as mono float32 at `sampling_rate`.
 
     Stereo and multi-channel audio is averaged; integer PCM is scaled to [-1, 1] by soundfile.
+    Args:
+        source: a path, or a file object such as `io.BytesIO` of a dataset's encoded audio.
+        name: how errors name the audio (a file or a dataset row); the path by default.
     Raises:
-        ValueError naming the file: missing, not decodable, empty, or holding NaN/Inf samples.
+        ValueError naming it: missing, not decodable, empty, or holding NaN/Inf samples.
     Returns:
         (N,) float32.
     """
+    name = str(source) if name is None else name
     try:
-        samples, file_sr = soundfile.read(path, dtype="float32", always_2d=True)
+        samples, file_sr = soundfile.read(source, dtype="float32", always_2d=True)
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
+        raise ValueError(f"{name}: no such file") from None
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"{path}: cannot decode audio ({error})") from None
-    return check_audio(resample(samples.mean(axis=1), file_sr, sampling_rate), path)
+        raise ValueError(f"{name}: cannot decode audio ({error})") from None
+    return check_audio(resample(samples.mean(axis=1), file_sr, sampling_rate), name)
 
 
 def check_audio(samples: torch.Tensor, name: str) -> torch.Tensor:
@@ -825,12 +829,12 @@ class Encoder(nn.Module):
                 f"max_source_positions={config.max_source_positions}"
             )
         device = (input_features if input_features is not None else waveform).device
-        positions = torch.arange(frames, device=device)
         if attention_mask is None:
             return torch.ones(batch, frames, dtype=torch.bool, device=device)
         if tuple(attention_mask.shape) != (batch, frames):
             raise ValueError(f"attention_mask must be (batch, frames) = {(batch, frames)}, got {tuple(attention_mask.shape)}")
         valid = attention_mask.bool()
+        positions = torch.arange(frames, device=device)
         if not torch.equal(valid, positions[None, :] < valid.sum(1, keepdim=True)) or not bool(valid[:, 0].all()):
             raise ValueError("attention_mask must mark a non-empty run of real frames at the start of each row (right padding)")
         return valid

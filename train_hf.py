@@ -17,15 +17,12 @@ works on it), checkpoints, metrics.csv, and curves.png when matplotlib is instal
 import argparse
 import csv
 import io
-import math
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 from datasets import Audio, Dataset, load_dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -44,7 +41,7 @@ from brope_asr import (
     BRoPEASRForConditionalGeneration,
     batch_inputs,
     char_error_rate,
-    check_audio,
+    load_audio,
     resample,
     token_scores,
     word_error_rate,
@@ -80,15 +77,6 @@ def audio_source(value) -> tuple:
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
         return source, value.get("path") or "embedded bytes"
     return value, value
-
-
-def decode_audio(source, name: str) -> np.ndarray:
-    """Read `source` (a path or file object) as (N,) float32 mono 16 kHz; errors name `name`."""
-    try:
-        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, FileNotFoundError) as error:
-        raise ValueError(f"{name}: cannot read audio ({error})") from None
-    return check_audio(resample(samples.mean(axis=1), rate, SAMPLE_RATE), name).numpy()
 
 
 def load_splits(args) -> dict[str, Dataset]:
@@ -133,7 +121,7 @@ def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, s
         source, file_name = audio_source(row["audio"])
         name = f"{key} row {index} ({file_name})"
         try:
-            audio = decode_audio(source, name)
+            audio = load_audio(source, name=name).numpy()
             if len(audio) // HOP_LENGTH > config.max_source_positions:
                 raise ValueError(
                     f"{name}: {len(audio) / SAMPLE_RATE:.1f} s is longer than max_source_positions="
@@ -154,7 +142,8 @@ def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, s
     if errors:
         warnings.warn(f"skipped {len(errors)} bad rows of {len(prepared)} in the {key} split:\n" + "\n".join(errors))
         prepared = prepared.filter(lambda row: not row["error"])
-    unknown = sum(text.count(c) for text in prepared["text"] for c in set(text) if c not in tokenizer.get_vocab())
+    # Counted on the token ids, so it holds for any tokenizer, not only the character one.
+    unknown = sum(labels.count(tokenizer.unk_token_id) for labels in prepared["labels"]) if tokenizer.unk_token else 0
     if unknown:
         warnings.warn(f"{unknown} characters in the {key} split are not in the tokenizer and map to {tokenizer.unk_token}")
     return prepared.remove_columns("error").with_format("numpy", columns=["waveform"], output_all_columns=True)
