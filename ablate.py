@@ -4,7 +4,8 @@ Every cell of input_mode {spectrogram, waveform, both} x betweenness {off, on} x
 {off, on} is trained by `train_hf.main` on the embedded spoken-digits corpus with seeds 0..N-1, every
 run with the same number of steps, and tested on the held-out voices. One table reports, per cell,
 the mean +- sample standard deviation over seeds of test WER and CER and of the final validation
-loss, the parameter count, the wall time of a run, and the learned blend values at the end:
+loss, the parameter count, the training time (trainer.train alone) and the wall time of a whole run,
+and the learned blend values at the end:
 
     python ablate.py                         # 12 cells x 3 seeds x 300 steps, about 84 min on 2 CPU cores
     python ablate.py --quick                 # 12 cells x 1 seed x 30 steps, a look in about 4 minutes
@@ -144,8 +145,9 @@ def run_arguments(cell: Cell, seed: int, max_steps: int, extra: list[str]) -> li
 def train(run_dir: Path, arguments: list[str]) -> dict:
     """Train and test one run with train_hf.main and write its result.json.
 
-    Returns: {"test_wer", "test_cer", "val_loss", "parameters", "seconds", BLENDS that are enabled...,
-    "arguments"}; seconds is the wall time of the whole train_hf run (data, training, validation, test).
+    Returns: {"test_wer", "test_cer", "val_loss", "parameters", "train_seconds", "seconds", BLENDS
+    that are enabled..., "arguments"}; train_seconds is trainer.train alone (the steps and the final
+    validation), seconds the wall time of the whole train_hf run (data, model, training, test, saving).
     """
     started = time.time()
     metrics = train_hf.main(arguments + ["--output-dir", str(run_dir)])
@@ -158,6 +160,7 @@ def train(run_dir: Path, arguments: list[str]) -> dict:
         "test_cer": metrics["test_cer"],
         "val_loss": val_loss,
         "parameters": model.num_parameters(),
+        "train_seconds": metrics["train_seconds"],
         "seconds": seconds,
         **model.learned_blends(),
         "arguments": arguments,
@@ -220,7 +223,7 @@ def summarize(cell: Cell, results: list[dict | None]) -> dict:
         "failed": len(results) - len(done),
         "parameters": done[0]["parameters"] if done else None,
     }
-    for key in ("test_wer", "test_cer", "val_loss", "seconds") + BLENDS:
+    for key in ("test_wer", "test_cer", "val_loss", "train_seconds", "seconds") + BLENDS:
         row[f"{key}_mean"], row[f"{key}_std"] = spread([result[key] for result in done if key in result])
     return row
 
@@ -236,7 +239,7 @@ def plus_minus(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> 
 
 def markdown_table(rows: list[dict], seeds: int) -> str:
     """The grid as a markdown table, WER and CER in percent."""
-    header = ("config", "runs", "test WER (%)", "test CER (%)", "val loss", "params", "time/run (s)",
+    header = ("config", "runs", "test WER (%)", "test CER (%)", "val loss", "params", "train (s)", "run (s)",
               "input blend", "attention blend", "betweenness gate")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
@@ -247,6 +250,7 @@ def markdown_table(rows: list[dict], seeds: int) -> str:
             plus_minus(row["test_cer_mean"], row["test_cer_std"], 100),
             plus_minus(row["val_loss_mean"], row["val_loss_std"], digits=3),
             f"{row['parameters']:,}" if row["parameters"] else "–",
+            plus_minus(row["train_seconds_mean"], row["train_seconds_std"], digits=0),
             plus_minus(row["seconds_mean"], row["seconds_std"], digits=0),
             *(plus_minus(row[f"{key}_mean"], row[f"{key}_std"], digits=3) for key in BLENDS),
         )
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines = [
         markdown_table(rows, args.seeds),
         "",
-        f"{budget}. Mean ± sample std over seeds; time/run is the wall time of a whole run (training, validation, test).",
+        f"{budget}. Mean ± sample std over seeds; train is trainer.train (steps and validation), run the wall time of a whole run (data, training, test, saving).",
     ]
     notes = comparison(rows)
     if notes:

@@ -1248,6 +1248,8 @@ def test_ablation_grid_trains_each_run_once_and_writes_its_table(tmp_path, monke
     results = [grid / name / "seed0" / "result.json" for name in names]
     assert "betweenness_gate" not in json.loads(results[0].read_text())
     assert "betweenness_gate" in json.loads(results[1].read_text())
+    first = json.loads(results[0].read_text())
+    assert 0 < first["train_seconds"] < first["seconds"]  # training is timed apart from the whole run
     written = [path.stat().st_mtime_ns for path in results]
 
     def train_again(argv):
