@@ -16,8 +16,9 @@ and the learned blend values at the end:
 Layout: <output-dir>/<cell>/seed<k>/ is a train_hf run directory (model, tokenizer, metrics.csv)
 plus result.json. A run whose result.json exists is not trained again, so a stopped grid resumes
 where it stopped; a run that crashed leaves error.txt instead, the grid goes on, and the next
-invocation retries it. <output-dir>/ablation.md (the table and a comparison of every cell with the
-first one), ablation.csv, and ablation_wer.png when matplotlib is installed summarize the grid.
+invocation retries it. <output-dir>/ablation.md (the table, a comparison of every cell with the
+first one, and each switch's effect from paired runs), ablation.csv, and ablation_wer.png when
+matplotlib is installed summarize the grid.
 
 Budget, measured on this project's 2-core machine while other jobs shared it, in CPU seconds of
 a run with one torch thread (robust to the sharing, and an upper bound on the wall time of the
@@ -38,7 +39,7 @@ import statistics
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -281,6 +282,52 @@ def comparison(rows: list[dict]) -> list[str]:
     return lines
 
 
+CONTRASTS = (  # (label, the field of Cell that changes, its value in the second run, in the first)
+    ("betweenness on - off", "betweenness", True, False),
+    ("blended attention on - off", "blend_attention", True, False),
+    ("waveform - spectrogram input", "input_mode", "waveform", "spectrogram"),
+    ("both - spectrogram input", "input_mode", "both", "spectrogram"),
+)
+
+
+def effects(results: dict[Cell, list[dict | None]]) -> list[str]:
+    """Each switch's effect on test WER over the whole grid, from runs paired on everything else.
+
+    A run with the switch changed is paired with the finished run of the same seed whose cell differs
+    only in that switch; the effect is the mean of the pairs' WER differences, and its standard error
+    is the sample std of the differences / sqrt(pairs). An effect is called larger than the
+    seed-to-seed spread when it exceeds two standard errors (about 95% two-sided under normal noise).
+
+    Args:
+        results: per cell, one result (or None for a failed run) per seed, seeds in the same order.
+    Returns:
+        One line per contrast with at least one pair in the grid.
+    """
+    lines = []
+    for label, field, changed, reference in CONTRASTS:
+        differences = []
+        for cell, runs in results.items():
+            if getattr(cell, field) != changed:
+                continue
+            base = replace(cell, **{field: reference})
+            for run, base_run in zip(runs, results.get(base, [])):
+                if run is not None and base_run is not None:
+                    differences.append(100 * (run["test_wer"] - base_run["test_wer"]))
+        if not differences:
+            continue
+        mean, std = spread(differences)
+        error = std / math.sqrt(len(differences))
+        if math.isnan(error):
+            verdict = "one pair: no spread to compare with"
+        elif abs(mean) > 2 * error:
+            verdict = "larger than the seed-to-seed spread"
+        else:
+            verdict = "within the seed-to-seed spread"
+        lines.append(f"- {label}: WER {mean:+.2f} points over {len(differences)} paired runs "
+                     f"(standard error {error:.2f}): {verdict}")
+    return lines
+
+
 def write_csv(rows: list[dict], path: Path):
     """The summary rows as CSV, one line per cell, rates as fractions."""
     with open(path, "w", newline="") as file:
@@ -330,14 +377,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"ablate: {len(plan) * args.seeds} runs, {len(finished)} already finished", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows, failures = [], []
+    results, failures = {}, []
     for cell, runs in plan.items():
-        results = []
+        results[cell] = []
         for run_dir, arguments in runs:
-            results.append(finished[run_dir] if run_dir in finished else train_or_record(run_dir, arguments))
-            if results[-1] is None:
+            results[cell].append(finished[run_dir] if run_dir in finished else train_or_record(run_dir, arguments))
+            if results[cell][-1] is None:
                 failures.append(run_dir)
-        rows.append(summarize(cell, results))
+    rows = [summarize(cell, cell_results) for cell, cell_results in results.items()]
     budget = f"{args.max_steps} steps per run, seeds 0..{args.seeds - 1}"
     budget += f", train_hf options {' '.join(extra)}" if extra else ""
     lines = [
@@ -348,6 +395,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     notes = comparison(rows)
     if notes:
         lines += ["", "Test WER against the first row:", *notes]
+    paired = effects(results)
+    if paired:
+        lines += ["", "Each switch over the grid, runs paired on seed and the other switches:", *paired]
     report = "\n".join(lines) + "\n"
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "ablation.md").write_text(report)

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -1259,6 +1260,28 @@ def test_ablation_grid_trains_each_run_once_and_writes_its_table(tmp_path, monke
     rerun = ablate.main(argv)  # a retrained run would fail in train_again and count as failed
     assert [(row["cell"], row["runs"], row["failed"]) for row in rerun] == [(name, 1, 0) for name in names]
     assert [path.stat().st_mtime_ns for path in results] == written
+
+
+def test_ablation_effects_pair_runs_on_seed_and_the_other_switches():
+    import ablate
+
+    def runs(*wers):
+        return [None if wer is None else {"test_wer": wer} for wer in wers]  # None: a failed run
+
+    off, on = ablate.Cell("spectrogram", False, False), ablate.Cell("spectrogram", True, False)
+    wave_off, wave_on = ablate.Cell("waveform", False, False), ablate.Cell("waveform", True, False)
+    results = {off: runs(0.50, 0.60, 0.40), on: runs(0.40, 0.50, 0.30),
+               wave_off: runs(0.70, 0.70, None), wave_on: runs(0.72, 0.68, 0.10)}
+    lines = ablate.effects(results)
+    # betweenness: on - off per seed = -10, -10, -10 (spectrogram), +2, -2 (waveform; seed 2 failed off)
+    differences = [-10, -10, -10, 2, -2]
+    error = statistics.stdev(differences) / math.sqrt(5)
+    assert lines[0] == (f"- betweenness on - off: WER {statistics.fmean(differences):+.2f} points over 5 paired "
+                        f"runs (standard error {error:.2f}): larger than the seed-to-seed spread")
+    # waveform - spectrogram: +20, +10, failed (betweenness off); +32, +18, -20 (on)
+    assert lines[1].startswith("- waveform - spectrogram input: WER +12.00 points over 5 paired runs")
+    assert lines[1].endswith("within the seed-to-seed spread")
+    assert len(lines) == 2  # no cell with blended attention or "both" input: those contrasts have no pairs
 
 
 def test_silent_clip_gives_finite_features_and_decodes(overfit_model):
