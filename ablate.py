@@ -7,7 +7,7 @@ the mean +- sample standard deviation over seeds of test WER and CER and of the 
 loss, the parameter count, the training time (trainer.train alone) and the wall time of a whole run,
 and the learned blend values at the end:
 
-    python ablate.py                         # 12 cells x 3 seeds x 300 steps, about 84 min on 2 CPU cores
+    python ablate.py                         # 12 cells x 3 seeds x 300 steps, 50 min on 2 CPU cores
     python ablate.py --quick                 # 12 cells x 1 seed x 30 steps, a look in about 4 minutes
     python ablate.py --threads 1             # one torch thread per run: much faster on shared cores
     python ablate.py --modes spectrogram --betweenness off on --blend off --seeds 5
@@ -20,14 +20,12 @@ invocation retries it. <output-dir>/ablation.md (the table, a comparison of ever
 first one, and each switch's effect from paired runs), ablation.csv, and ablation_wer.png when
 matplotlib is installed summarize the grid.
 
-Budget, measured on this project's 2-core machine while other jobs shared it, in CPU seconds of
-a run with one torch thread (robust to the sharing, and an upper bound on the wall time of the
-default threads on 2 idle cores): a run of N steps costs 3-5 s (corpus from the datasets cache,
-model, validation and test decoding with generate, saving) plus 0.29 s per step for the cheapest
-cell (spectrogram, off, off) and 0.62 s for the dearest (both, on, on), fitted on 10- and 40-step
-runs; a step of each of the 12 cells averages 0.45 s. So 36 runs x (5 + 0.45 x 300) s = 84 min.
-On cores that other jobs also use, torch's default of one thread per core made steps up to ten
-times slower than --threads 1.
+Budget, measured: the default grid ran in 50.5 min on this project's 2 idle cores with torch's
+default 2 threads, a run taking 69 s (spectrogram, off, off) to 103 s (both, on, on) of which
+2-3 s are outside trainer.train (corpus from the datasets cache, model, test decoding, saving).
+300 steps thus leaves headroom under a 90-minute budget for a slower 2-core machine. On cores
+that other jobs also use, torch's default of one thread per core made steps up to ten times
+slower than --threads 1.
 """
 
 import argparse
@@ -49,7 +47,7 @@ from brope_asr import BRoPEASRForConditionalGeneration
 
 MODES = ("spectrogram", "waveform", "both")
 SWITCHES = {"off": False, "on": True}
-DEFAULT_STEPS = 300  # 12 cells x 3 seeds in 84 min on 2 CPU cores (measurement in the module docstring)
+DEFAULT_STEPS = 300  # 12 cells x 3 seeds in 50.5 min on 2 CPU cores (measurement in the module docstring)
 QUICK_STEPS = 30  # exercises every cell and fills the table; WER is still above 100% this early
 BLENDS = ("input_blend", "attention_blend", "betweenness_gate")  # keys of model.learned_blends()
 # train_hf options that define a cell and its budget: set by this script, never passed through after --
