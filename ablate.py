@@ -280,6 +280,11 @@ def comparison(rows: list[dict]) -> list[str]:
     return lines
 
 
+# Two-sided 95% critical values of Student's t for 1..30 degrees of freedom; more degrees use the
+# value at 30 (conservative: the exact value falls from 2.042 towards 1.960).
+T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+                 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+                 2.052, 2.048, 2.045, 2.042)
 CONTRASTS = (  # (label, the field of Cell that changes, its value in the second run, in the first)
     ("betweenness on - off", "betweenness", True, False),
     ("blended attention on - off", "blend_attention", True, False),
@@ -294,7 +299,9 @@ def effects(results: dict[Cell, list[dict | None]]) -> list[str]:
     A run with the switch changed is paired with the finished run of the same seed whose cell differs
     only in that switch; the effect is the mean of the pairs' WER differences, and its standard error
     is the sample std of the differences / sqrt(pairs). An effect is called larger than the
-    seed-to-seed spread when it exceeds two standard errors (about 95% two-sided under normal noise).
+    seed-to-seed spread when it is outside the 95% bound of a paired t-test, t(0.975, pairs - 1)
+    standard errors (2.78 of them for 5 pairs, 2.11 for 18): with few pairs, "two standard errors"
+    would call noise an effect far more often than 5% of the time.
 
     Args:
         results: per cell, one result (or None for a failed run) per seed, seeds in the same order.
@@ -314,15 +321,14 @@ def effects(results: dict[Cell, list[dict | None]]) -> list[str]:
         if not differences:
             continue
         mean, std = spread(differences)
+        if len(differences) < 2:
+            lines.append(f"- {label}: WER {mean:+.2f} points from one pair: no spread to compare with")
+            continue
         error = std / math.sqrt(len(differences))
-        if math.isnan(error):
-            verdict = "one pair: no spread to compare with"
-        elif abs(mean) > 2 * error:
-            verdict = "larger than the seed-to-seed spread"
-        else:
-            verdict = "within the seed-to-seed spread"
+        bound = T_CRITICAL_95[min(len(differences) - 1, len(T_CRITICAL_95)) - 1] * error
+        verdict = "larger than the seed-to-seed spread" if abs(mean) > bound else "within the seed-to-seed spread"
         lines.append(f"- {label}: WER {mean:+.2f} points over {len(differences)} paired runs "
-                     f"(standard error {error:.2f}): {verdict}")
+                     f"(standard error {error:.2f}, 95% bound ±{bound:.2f}): {verdict}")
     return lines
 
 

@@ -1270,17 +1270,21 @@ def test_ablation_effects_pair_runs_on_seed_and_the_other_switches():
 
     off, on = ablate.Cell("spectrogram", False, False), ablate.Cell("spectrogram", True, False)
     wave_off, wave_on = ablate.Cell("waveform", False, False), ablate.Cell("waveform", True, False)
-    results = {off: runs(0.50, 0.60, 0.40), on: runs(0.40, 0.50, 0.30),
-               wave_off: runs(0.70, 0.70, None), wave_on: runs(0.72, 0.68, 0.10)}
+    results = {off: runs(0.50, 0.60, 0.40), on: runs(0.30, 0.40, 0.20),
+               wave_off: runs(0.70, 0.70, None), wave_on: runs(0.52, 0.48, 0.18)}
     lines = ablate.effects(results)
-    # betweenness: on - off per seed = -10, -10, -10 (spectrogram), +2, -2 (waveform; seed 2 failed off)
-    differences = [-10, -10, -10, 2, -2]
+    t_975_4 = 2.776  # Student's t, 4 degrees of freedom (5 pairs), two-sided 95%
+    # betweenness: on - off per seed = -20, -20, -20 (spectrogram), -18, -22 (waveform; seed 2 failed off)
+    differences = [-20, -20, -20, -18, -22]
     error = statistics.stdev(differences) / math.sqrt(5)
-    assert lines[0] == (f"- betweenness on - off: WER {statistics.fmean(differences):+.2f} points over 5 paired "
-                        f"runs (standard error {error:.2f}): larger than the seed-to-seed spread")
-    # waveform - spectrogram: +20, +10, failed (betweenness off); +32, +18, -20 (on)
-    assert lines[1].startswith("- waveform - spectrogram input: WER +12.00 points over 5 paired runs")
-    assert lines[1].endswith("within the seed-to-seed spread")
+    assert lines[0] == (f"- betweenness on - off: WER -20.00 points over 5 paired runs (standard error {error:.2f}, "
+                        f"95% bound ±{t_975_4 * error:.2f}): larger than the seed-to-seed spread")
+    # waveform - spectrogram: +20, +10, failed (betweenness off); +22, +8, -2 (on): mean 11.6, SE 4.35, bound 12.1
+    differences = [20, 10, 22, 8, -2]
+    error = statistics.stdev(differences) / math.sqrt(5)
+    assert 2 * error < 11.6 < t_975_4 * error  # "two standard errors" would call this an effect; t does not
+    assert lines[1] == (f"- waveform - spectrogram input: WER +11.60 points over 5 paired runs (standard error "
+                        f"{error:.2f}, 95% bound ±{t_975_4 * error:.2f}): within the seed-to-seed spread")
     assert len(lines) == 2  # no cell with blended attention or "both" input: those contrasts have no pairs
 
 
