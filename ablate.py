@@ -8,7 +8,7 @@ loss, the parameter count, the training time (trainer.train alone) and the wall 
 and the learned blend values at the end:
 
     python ablate.py                         # 12 cells x 3 seeds x 300 steps, 50 min on 2 CPU cores
-    python ablate.py --quick                 # 12 cells x 1 seed x 30 steps, a look in about 4 minutes
+    python ablate.py --quick                 # 12 cells x 1 seed x 30 steps, a look in about 2 minutes
     python ablate.py --threads 1             # one torch thread per run: much faster on shared cores
     python ablate.py --modes spectrogram --betweenness off on --blend off --seeds 5
     python ablate.py -- --ctc-weight 0.3     # options after -- go to every train_hf.py run
