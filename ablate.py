@@ -301,7 +301,9 @@ def effects(results: dict[Cell, list[dict | None]]) -> list[str]:
     is the sample std of the differences / sqrt(pairs). An effect is called larger than the
     seed-to-seed spread when it is outside the 95% bound of a paired t-test, t(0.975, pairs - 1)
     standard errors (2.78 of them for 5 pairs, 2.11 for 18): with few pairs, "two standard errors"
-    would call noise an effect far more often than 5% of the time.
+    would call noise an effect far more often than 5% of the time. The differences' spread holds the
+    seed-to-seed noise plus any change of the effect across the other switches, so the test is, if
+    anything, conservative about calling an effect.
 
     Args:
         results: per cell, one result (or None for a failed run) per seed, seeds in the same order.
