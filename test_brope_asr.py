@@ -8,7 +8,6 @@ import csv
 import json
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -1216,18 +1215,21 @@ def test_two_process_torchrun_trains_and_saves_a_loadable_model(tmp_path, input_
     toggles = ["--input-mode", input_mode, betweenness, blend, "--ctc-weight", "0.3" if input_mode == "both" else "0"]
     data, _ = small_corpus(tmp_path / "data", train=8, validation=2, test=2)
     output = tmp_path / "run"
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+    # --standalone: the rendezvous binds a free port itself (a probed port could be taken before torchrun binds it)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "train_hf.py", "--data-dir", str(data), "--output-dir", str(output), "--max-steps", "2",
                "--eval-steps", "2", "--batch-size", "2", *toggles]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    for attempt in range(2):
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        # Known, unfixed: about 1 run in 36, a worker aborts in C++ as it exits, after all work is saved
+        # ("terminate called without an active exception"); only that abort earns a second run.
+        if "terminate called without an active exception" not in result.stderr:
+            break
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
     assert [line for line in result.stdout.splitlines() if line.startswith("test WER")] == [
         result.stdout.strip().splitlines()[-1]
-    ]  # one process reports, the other trains alongside it
+    ], result.stdout[-3000:]  # one process reports, the other trains alongside it
     model = BRoPEASRForConditionalGeneration.from_pretrained(output)
     assert model.config.input_mode == toggles[1]
 
