@@ -45,36 +45,58 @@ import sys
 import numpy as np
 import soundfile as sf
 
-# --- Test holdout -----------------------------------------------------------
-# These espeak-ng voice variants are used ONLY in the test split, with both
-# accents, so test speakers are never heard in train or validation: two male
-# (m3 and the Klatt-synthesizer klatt2) and two female (f2, linda).
-TEST_VARIANTS = ("m3", "klatt2", "f2", "linda")
-
 # --- Voices -----------------------------------------------------------------
-# Accents: American and British English. British is addressed as "en", not
-# "en-gb": espeak-ng 1.51 silently drops the "+variant" suffix from "en-gb".
-LANGUAGES = ("en-us", "en")
+# Every English accent espeak-ng 1.51 has. British is addressed as "en", not "en-gb": espeak-ng
+# 1.51 silently drops the "+variant" suffix from "en-gb" (check_voices catches such merges).
+LANGUAGES = ("en-us", "en", "en-us-nyc", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
+             "en-gb-x-rp", "en-029")
 
-# Variants from `espeak-ng --voices=variant` that sound like plain human
-# voices: the numbered male/female voices, the Klatt-synthesizer voices (a
-# different synthesis method, for acoustic diversity) and a few named female
-# voices to balance the genders. Novelty voices (whisper, robots, croak...)
-# are left out on purpose.
-MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "klatt", "klatt2", "klatt3")
-FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "Annie", "aunty", "linda")
-TRAIN_VARIANTS = tuple(v for v in MALE_VARIANTS + FEMALE_VARIANTS if v not in TEST_VARIANTS)
+# Every variant of `espeak-ng --voices=variant` (the files in espeak-ng-data/voices/!v), novelty
+# voices included (whisper, croak, robots): a recognizer for unheard voices should have heard as
+# many kinds as exist. Left out: "fast" (a speed test, identical to the plain voice) and
+# "Mr serious" (a space in its name).
+VARIANTS = (
+    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Demonic", "Denis", "Diogo", "Gene",
+    "Gene2", "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen",
+    "RicishayMax", "RicishayMax2", "RicishayMax3", "Storm", "Tweaky", "UniRobot", "adam", "anika",
+    "anikaRobot", "announcer", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "croak",
+    "david", "ed", "edward", "edward2", "f1", "f2", "f3", "f4", "f5", "grandma", "grandpa", "gustave",
+    "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "klatt", "klatt2", "klatt3", "klatt4",
+    "klatt5", "klatt6", "linda", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "marcelo", "max",
+    "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "robosoft",
+    "robosoft2", "robosoft3", "robosoft4", "robosoft5", "robosoft6", "robosoft7", "robosoft8",
+    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "whisper", "whisperf", "zac",
+)
+# Held-out variants, with every accent, so no voice/variant pair is in two splits. Test keeps the
+# four of the first corpus (two male, m3 and the Klatt klatt2; two female, f2 and linda);
+# validation has five of its own, so it too measures voices never trained on.
+TEST_VARIANTS = ("m3", "klatt2", "f2", "linda")
+VALIDATION_VARIANTS = ("m6", "f4", "klatt5", "steph2", "benjamin")
+TRAIN_VARIANTS = tuple(v for v in VARIANTS if v not in TEST_VARIANTS + VALIDATION_VARIANTS)
+SPLIT_VARIANTS = {"train": TRAIN_VARIANTS, "validation": VALIDATION_VARIANTS, "test": TEST_VARIANTS}
 
-# Prosody ranges, drawn uniformly per utterance (inclusive). Speed is in words
-# per minute (espeak-ng default 175); pitch is espeak-ng's 0-99 scale (default
-# 50), applied relative to each variant's own pitch range.
-SPEED_WPM = (140, 190)
-PITCH = (35, 65)
+# Prosody, drawn per utterance. Speed in words per minute, log-uniform over espeak-ng's usable
+# range (its default is 175, its minimum 80; above ~350 words run together); pitch on espeak-ng's
+# 0-99 scale (default 50), relative to each variant's own range; word gap in units of 10 ms
+# (espeak-ng -g; 0 is its default).
+SPEED_WPM = (80, 350)
+PITCH = (0, 99)
+WORD_GAP = (0, 12)
 
 # --- Text -------------------------------------------------------------------
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Utterance length in digits, uniform over this inclusive range.
 NUM_DIGITS = (1, 7)
+
+# --- Real speech: the Free Spoken Digit Dataset --------------------------------------------------
+# Isolated digits by four real people (../shared/fsdd, CC BY-SA 4.0; see data/README.md). One
+# speaker is held out entirely for test; of the other three, recordings with index
+# FSDD_VALIDATION_INDICES (5 of each digit per speaker) are validation, the rest train. lucas is
+# held out because his accent (German) is shared by yweweler in training: the test then measures
+# a new person rather than a new accent, and jackson, the one US speaker, stays in training.
+FSDD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "fsdd")
+FSDD_TEST_SPEAKERS = ("lucas",)
+FSDD_VALIDATION_INDICES = range(45, 50)
 
 # --- Audio ------------------------------------------------------------------
 SAMPLE_RATE = 16000  # the recognizer's input rate; espeak-ng renders 22050 Hz
@@ -102,12 +124,11 @@ TRIM_MARGIN_S = 0.05
 # crest factor), and it cost ~1% more bytes at equal bits.
 BITS = 12
 
-# Clips per split (in generation order; the index seeds each split's random
-# stream). Sized to the 9 MB budget for data/ (`du -sb data` <= 9,000,000): an
-# average clip is ~1.5 s and ~18.7 kB of 12-bit FLAC, so 470 clips fit.
-# Validation and test stay just large enough (~120 and ~280 digits) for a
-# stable digit error rate; training gets all the rest.
-SPLIT_COUNTS = {"train": 370, "validation": 30, "test": 70}
+# espeak-ng clips per split (in generation order; the index seeds each split's random stream).
+# Sized so that data/ stays under its 30 MB budget with the FSDD recordings (~7.6 MB as FLAC):
+# a 12-bit espeak-ng clip costs ~12.7 kB per second of speech. Validation and test hold about
+# 270 and 400 digits, enough for a digit error rate good to about a point.
+SPLIT_COUNTS = {"train": 900, "validation": 70, "test": 100}
 
 
 def check_tools():
@@ -118,7 +139,7 @@ def check_tools():
 
 
 def check_voices():
-    """Exit unless every LANGUAGES x variant voice really is a distinct voice.
+    """Exit unless every LANGUAGES x VARIANTS voice really is a distinct voice.
 
     espeak-ng does not report an unusable variant: it silently speaks with the
     plain language voice instead (unknown name, or a language alias that drops
@@ -133,13 +154,12 @@ def check_voices():
 
     for language in LANGUAGES:
         plain = speak(language)
-        ignored = [v for v in MALE_VARIANTS + FEMALE_VARIANTS if speak(f"{language}+{v}") == plain]
+        ignored = [v for v in VARIANTS if speak(f"{language}+{v}") == plain]
         if ignored:
-            sys.exit(f"error: espeak-ng ignores variants {ignored} for {language!r}; "
-                     "edit LANGUAGES/*_VARIANTS")
+            sys.exit(f"error: espeak-ng ignores variants {ignored} for {language!r}; edit LANGUAGES/VARIANTS")
 
 
-def synthesize(text, voice, speed, pitch):
+def synthesize(text, voice, speed, pitch, word_gap):
     """Speak `text` with espeak-ng and return 16 kHz mono int16 samples.
 
     espeak-ng writes a 22050 Hz WAV to stdout; sox resamples it with its
@@ -149,7 +169,7 @@ def synthesize(text, voice, speed, pitch):
     espeak-ng's digital silence stays exactly zero.
     """
     wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(word_gap), "--stdout", text],
         capture_output=True,
         check=True,
     ).stdout
@@ -200,47 +220,77 @@ def quantize(audio, bits, rng):
 
 
 def draw_utterances(rng, count, variants):
-    """Draw `count` random (transcription, voice, speed, pitch) tuples.
+    """Draw `count` random (transcription, voice, speed, pitch, word gap) tuples.
 
     The voice is an espeak-ng "<language>+<variant>" name with the accent from
-    LANGUAGES and the variant from `variants`.
+    LANGUAGES and the variant from `variants`; speed is log-uniform (equal
+    shares of slow and fast speech), pitch and word gap uniform.
     """
     utterances = []
     for _ in range(count):
         num_digits = rng.integers(NUM_DIGITS[0], NUM_DIGITS[1] + 1)
         words = [DIGIT_WORDS[d] for d in rng.integers(0, len(DIGIT_WORDS), size=num_digits)]
         voice = f"{rng.choice(LANGUAGES)}+{rng.choice(variants)}"
-        speed = int(rng.integers(SPEED_WPM[0], SPEED_WPM[1] + 1))
+        speed = int(round(np.exp(rng.uniform(np.log(SPEED_WPM[0]), np.log(SPEED_WPM[1])))))
         pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
-        utterances.append((" ".join(words), voice, speed, pitch))
+        word_gap = int(rng.integers(WORD_GAP[0], WORD_GAP[1] + 1))
+        utterances.append((" ".join(words), voice, speed, pitch, word_gap))
     return utterances
+
+
+def fsdd_split(speaker, index):
+    """The split of FSDD recording `index` of `speaker` (see FSDD_TEST_SPEAKERS)."""
+    if speaker in FSDD_TEST_SPEAKERS:
+        return "test"
+    return "validation" if index in FSDD_VALIDATION_INDICES else "train"
+
+
+def copy_fsdd(fsdd_dir, out):
+    """Copy the FSDD recordings into `out` as lossless 8 kHz FLAC; return their metadata rows.
+
+    The recordings are kept at their own 8 kHz and 16 bits (the recognizer resamples on load):
+    re-encoding losslessly changes nothing but the container (CC BY-SA 4.0 allows it with credit).
+    """
+    rows = []
+    with open(os.path.join(fsdd_dir, "metadata.csv"), newline="") as f:
+        for record in csv.DictReader(f):
+            speaker, index = record["speaker"], int(record["index"])
+            split = fsdd_split(speaker, index)
+            audio, sample_rate = sf.read(os.path.join(fsdd_dir, record["file_name"]), dtype="int16")
+            file_name = f"{split}/fsdd-{speaker}-{record['transcription']}-{index:02d}.flac"
+            sf.write(os.path.join(out, file_name), audio, sample_rate,
+                     subtype="PCM_16", format="FLAC", compression_level=1.0)
+            rows.append((file_name, record["transcription"], split, "fsdd", speaker))
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data", help="output folder (default: data)")
+    parser.add_argument("--fsdd", default=FSDD_DIR, help=f"the FSDD folder (default: {FSDD_DIR})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--bits", type=int, default=BITS, choices=range(8, 17), metavar="{8..16}",
                         help=f"significant bits per sample, 16 = lossless (default: {BITS}; "
                              "see BITS for why)")
     for split, count in SPLIT_COUNTS.items():
         parser.add_argument(f"--{split}", type=int, default=count,
-                            help=f"number of {split} clips (default: {count})")
+                            help=f"number of espeak-ng {split} clips (default: {count})")
     args = parser.parse_args()
 
     check_tools()
+    if not os.path.isfile(os.path.join(args.fsdd, "metadata.csv")):
+        sys.exit(f"error: no FSDD metadata.csv in {args.fsdd}; pass --fsdd")
     check_voices()
 
-    split_variants = {"train": TRAIN_VARIANTS, "validation": TRAIN_VARIANTS, "test": TEST_VARIANTS}
     rows = []
     for split_index, split in enumerate(SPLIT_COUNTS):
         rng = np.random.default_rng([args.seed, split_index])
-        utterances = draw_utterances(rng, getattr(args, split), split_variants[split])
+        utterances = draw_utterances(rng, getattr(args, split), SPLIT_VARIANTS[split])
         split_dir = os.path.join(args.out, split)
         shutil.rmtree(split_dir, ignore_errors=True)  # no stale clips from a bigger run
         os.makedirs(split_dir)
-        for index, (text, voice, speed, pitch) in enumerate(utterances):
-            audio = trim_silence(synthesize(text, voice, speed, pitch))
+        for index, (text, voice, speed, pitch, word_gap) in enumerate(utterances):
+            audio = trim_silence(synthesize(text, voice, speed, pitch, word_gap))
             # Each clip's dither has its own stream (a spawned child of the
             # split's seed), so it does not depend on the split counts.
             dither_rng = np.random.default_rng(
@@ -249,15 +299,18 @@ def main():
             file_name = f"{split}/{index:06d}.flac"
             sf.write(os.path.join(args.out, file_name), audio, SAMPLE_RATE,
                      subtype="PCM_16", format="FLAC", compression_level=1.0)
-            rows.append((file_name, text, split))
-        print(f"{split}: {len(utterances)} clips")
+            rows.append((file_name, text, split, "espeak-ng", voice))
+        print(f"{split}: {len(utterances)} espeak-ng clips")
+    fsdd_rows = copy_fsdd(args.fsdd, args.out)
+    print(f"fsdd: {len(fsdd_rows)} recordings")
+    rows += fsdd_rows
 
     with open(os.path.join(args.out, "metadata.csv"), "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("file_name", "transcription", "split"))
+        writer.writerow(("file_name", "transcription", "split", "source", "speaker"))
         writer.writerows(rows)
 
-    total = sum(os.path.getsize(os.path.join(args.out, name)) for name, _, _ in rows)
+    total = sum(os.path.getsize(os.path.join(args.out, name)) for name, *_ in rows)
     print(f"wrote {len(rows)} clips, {total / 1e6:.2f} MB of FLAC, to {args.out}/")
 
 
