@@ -131,11 +131,11 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> N
 # ------------------------------------------------------------------------------------------------ shapes
 
 
-@pytest.mark.parametrize("use_downsampling", [True, False])
+@pytest.mark.parametrize("downsampling_factor", [1, 2, 4])
 @pytest.mark.parametrize("input_mode", INPUT_MODES)
-def test_output_shapes_follow_input_mode_and_downsampling(input_mode, use_downsampling):
+def test_output_shapes_follow_input_mode_and_downsampling(input_mode, downsampling_factor):
     torch.manual_seed(0)
-    model = tiny_model(input_mode=input_mode, use_downsampling=use_downsampling)
+    model = tiny_model(input_mode=input_mode, downsampling_factor=downsampling_factor)
     inputs = audio_inputs(model.config, 7 * 160 + 50, 5 * 160)  # T = 7 frames: odd, so ceil matters
     assert set(inputs) == {"attention_mask"} | {
         "spectrogram": {"input_features"},
@@ -144,7 +144,7 @@ def test_output_shapes_follow_input_mode_and_downsampling(input_mode, use_downsa
     }[input_mode]
     output = model(**inputs, decoder_input_ids=decoder_ids(2, 5))
     assert output.logits.shape == (2, 5, VOCAB)
-    frames = math.ceil(7 / 2) if use_downsampling else 7
+    frames = math.ceil(7 / downsampling_factor)
     assert output.encoder_last_hidden_state.shape == (2, frames, 32)
     assert model.encoder(**inputs).last_hidden_state.shape == (2, frames, 32)
 
@@ -444,12 +444,12 @@ def test_logits_change_when_audio_changes(input_mode):
             assert (changed - logits).abs().amax(dim=(1, 2)).min() > 1e-3, name
 
 
-@pytest.mark.parametrize("use_downsampling", [True, False])
+@pytest.mark.parametrize("downsampling_factor", [1, 2, 4])
 @pytest.mark.parametrize("input_mode", INPUT_MODES)
-def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, use_downsampling):
+def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, downsampling_factor):
     torch.manual_seed(0)
     model = move_off_init(
-        tiny_model(input_mode=input_mode, use_downsampling=use_downsampling, use_betweenness=True, blend_attention=True)
+        tiny_model(input_mode=input_mode, downsampling_factor=downsampling_factor, use_betweenness=True, blend_attention=True)
     )
     short, long = random_clips(9 * 160 + 37, 20 * 160)  # 9 frames: odd, the downsampling edge case
     ids = decoder_ids(1, 7)
@@ -464,7 +464,7 @@ def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, use_downsamplin
     batched = model(**batched_inputs, decoder_input_ids=ids.expand(2, -1))
 
     frames = alone.encoder_last_hidden_state.shape[1]
-    assert frames == (5 if use_downsampling else 9)
+    assert frames == {1: 9, 2: 5, 4: 3}[downsampling_factor]
     assert int(model.encoder.output_valid(batched_inputs["attention_mask"])[0].sum()) == frames
     # 1e-4: batching changes float32 summation order (up to 1e-5 seen); a leak of padding moves 1e-2 and more.
     assert_close(batched.encoder_last_hidden_state[:1, :frames], alone.encoder_last_hidden_state, atol=1e-4)
@@ -878,7 +878,7 @@ def test_loss_is_cross_entropy_plus_weighted_ctc(input_mode):
         pytest.param(dict(blend_attention=False), (".blend_logit", ".log_temperature"), id="blend_attention"),
         pytest.param(dict(use_betweenness=False), (".betweenness.",), id="betweenness"),
         pytest.param(dict(learned_rope_frequencies=False), ("log_inv_freq",), id="learned_rope_frequencies"),
-        pytest.param(dict(use_downsampling=False), ("encoder.downsample.",), id="downsampling"),
+        pytest.param(dict(downsampling_factor=1), ("encoder.downsample.",), id="downsampling"),
     ],
 )
 def test_disabled_features_build_no_parameters(disabled, absent):
@@ -1042,7 +1042,7 @@ def write_corpus(folder: Path, rows: list[dict]) -> Path:
     """A corpus folder: metadata.csv listing `rows` (file_name relative to `folder`)."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "metadata.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=["file_name", "transcription", "split"])
+        writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         writer.writerows(rows)
     return folder
@@ -1316,3 +1316,183 @@ def test_speed_perturbation_never_lengthens_a_clip_past_max_source_positions():
     row = {"waveform": random_clips(100 * 160)[0].numpy(), "labels": [5, 2], "augment": True}
     frames = {collate([row])["attention_mask"].shape[1] for _ in range(20)}  # all three speeds get drawn
     assert max(frames) == 100 and min(frames) < 100
+
+
+
+# ------------------------------------------------------------ unheard voices: corpus, augmentation, non-speech
+
+
+def read_metadata() -> list[dict]:
+    with open(DATA / "metadata.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_shipped_splits_share_no_speaker_and_no_voice_variant():
+    rows = read_metadata()
+    speakers = {split: {row["speaker"] for row in rows if row["split"] == split} for split in ("train", "validation", "test")}
+    assert all(speakers.values())
+    assert not speakers["train"] & speakers["validation"] - {row["speaker"] for row in rows if row["source"] == "fsdd"}
+    assert not speakers["train"] & speakers["test"] and not speakers["validation"] & speakers["test"]
+    variants = {split: {s.split("+")[1] for s in names if "+" in s} for split, names in speakers.items()}
+    assert not variants["train"] & variants["validation"] and not variants["train"] & variants["test"]
+    assert not variants["validation"] & variants["test"]
+    fsdd = {split: {row["speaker"] for row in rows if row["split"] == split and row["source"] == "fsdd"} for split in speakers}
+    assert len(fsdd["test"]) == 1 and len(fsdd["train"]) == 3 and fsdd["validation"] <= fsdd["train"]
+    held_out = next(iter(fsdd["test"]))
+    assert sum(row["speaker"] == held_out for row in rows) == 500  # every recording of that person, all in test
+    assert {row["source"] for row in rows} == {"espeak-ng", "fsdd"}  # flite and festival are kept for evaluation
+
+
+def test_data_folder_fits_its_30_mb_budget():
+    assert sum(path.stat().st_size for path in DATA.rglob("*") if path.is_file()) <= 30_000_000
+
+
+def test_join_words_transcript_is_the_words_joined_and_audio_holds_every_clip():
+    generator = torch.Generator().manual_seed(0)
+    clips = [0.1 * torch.randn(n, generator=generator) for n in (3000, 5000, 4000)]
+    waveform, text = train_hf.join_words(clips, ["one", "two", "three"], torch.Generator().manual_seed(1))
+    assert text == "one two three"
+    assert sum(map(len, clips)) <= len(waveform) <= sum(map(len, clips)) + 2 * 0.25 * SAMPLE_RATE
+    assert torch.equal(waveform[:3000], clips[0]) and torch.equal(waveform[-4000:], clips[2])
+    again, _ = train_hf.join_words(clips, ["one", "two", "three"], torch.Generator().manual_seed(1))
+    assert torch.equal(waveform, again)
+
+
+def test_word_pools_come_from_training_speakers_only_and_joined_labels_match_the_text():
+    torch.manual_seed(0)
+    rows = [{"waveform": (0.1 * torch.randn(2000)).numpy(), "text": word, "speaker": speaker, "split": split}
+            for split, speaker in (("train", "ann"), ("test", "bob")) for word in ("one", "two", "three") * 4]
+    train = [row for row in rows if row["split"] == "train"]
+    pools = train_hf.word_pools(train)
+    assert set(pools) == {"ann"} and len(pools["ann"]) == 12
+    assert not train_hf.word_pools(train, minimum=13)
+    tokenizer = train_hf.build_tokenizer(["one two three"])
+    config = tiny_config(vocab_size=len(tokenizer))
+    collate = train_hf.Collator(config, tokenizer, (), pools, join_probability=1.0)
+    labelled = [{**row, "labels": tokenizer(row["text"]).input_ids + [2], "augment": True} for row in train]
+    batch = collate(labelled[:4])
+    texts = tokenizer.batch_decode(batch["labels"].clamp_min(0), skip_special_tokens=True)
+    assert all(2 <= len(text.split()) <= 7 and set(text.split()) <= {"one", "two", "three"} for text in texts)
+    lengths = batch["attention_mask"].sum(1)
+    assert all(length >= 2000 * len(text.split()) // 160 for length, text in zip(lengths.tolist(), texts))
+
+
+def waveform_augmentations(generator):
+    """Each waveform augmentation at a random strength (as the collator draws it) and at its identity."""
+    return {
+        "speed": (lambda clip: train_hf.change_speed(clip, 1.1), lambda clip: train_hf.change_speed(clip, 1.0)),
+        "reverb": (lambda clip: train_hf.reverberate(clip, 0.5, 3.0, generator), lambda clip: train_hf.reverberate(clip, 0.0, 3.0)),
+        "noise": (
+            lambda clip: train_hf.add_noise(clip, train_hf.non_speech(len(clip), "pink", generator), 10.0),
+            lambda clip: train_hf.add_noise(clip, torch.randn(len(clip)), math.inf),
+        ),
+        "telephone": (train_hf.telephone_band, lambda clip: train_hf.telephone_band(clip, 0.0, SAMPLE_RATE / 2, mu_law=False)),
+    }
+
+
+@pytest.mark.parametrize("name", ["speed", "reverb", "noise", "telephone"])
+def test_waveform_augmentations_keep_length_and_rate_are_finite_seeded_and_identity_at_zero(name):
+    clip = 0.1 * torch.randn(8000, generator=torch.Generator().manual_seed(0)) * torch.hann_window(8000)
+    augment, identity = waveform_augmentations(torch.Generator().manual_seed(1))[name]
+    out = augment(clip)
+    expected_length = math.ceil(len(clip) / 1.1) if name == "speed" else len(clip)  # speed: 1.1x faster, same 16 kHz
+    assert out.shape == (expected_length,) and out.dtype == torch.float32 and bool(torch.isfinite(out).all())
+    assert not torch.allclose(out[: len(clip)], clip[: len(out)], atol=1e-3)
+    again = waveform_augmentations(torch.Generator().manual_seed(1))[name][0](clip)
+    assert torch.equal(out, again)
+    assert_close(identity(clip), clip, atol=1e-5)
+
+
+def test_telephone_band_removes_what_a_phone_line_does_not_carry():
+    low, speech, high = (sine(f, SAMPLE_RATE, SAMPLE_RATE).float() for f in (100.0, 1000.0, 6000.0))
+    out = train_hf.telephone_band(0.3 * (low + speech + high), mu_law=False)
+    spectrum = torch.fft.rfft(out).abs()  # 1 Hz bins
+    assert spectrum[1000] > 100 * spectrum[100] and spectrum[1000] > 100 * spectrum[6000]
+
+
+def test_reverberation_lengthens_the_decay_of_a_click():
+    click = torch.zeros(SAMPLE_RATE)
+    click[100] = 1.0
+    out = train_hf.reverberate(click, 0.6, 0.0, torch.Generator().manual_seed(0))
+    assert out[SAMPLE_RATE // 4 :].abs().max() > 1e-3 and out[: 100].abs().max() == 0  # a tail, and nothing before the click
+
+
+def test_vocal_tract_warp_is_identity_at_one_and_moves_a_formant_by_alpha():
+    features = brope_asr.log_mel_spectrogram(0.3 * sine(1500.0, SAMPLE_RATE, 8000).float())
+    assert_close(train_hf.warp_frequencies(features, 1.0), features, atol=1e-6)
+    centers = train_hf.mel_centers(80)
+    peak = lambda f: centers[int(f.mean(1).argmax())]  # noqa: E731
+    for alpha in (0.9, 1.1):
+        warped = train_hf.warp_frequencies(features, alpha)
+        assert warped.shape == features.shape and bool(torch.isfinite(warped).all())
+        assert abs(float(peak(warped)) - 1500.0 * alpha) < 0.06 * 1500.0
+
+
+@pytest.mark.parametrize("kind", train_hf.NON_SPEECH_KINDS)
+def test_non_speech_clips_have_the_asked_length_finite_level_and_a_seed(kind):
+    clip = train_hf.non_speech(12345, kind, torch.Generator().manual_seed(0))
+    assert clip.shape == (12345,) and clip.dtype == torch.float32 and bool(torch.isfinite(clip).all())
+    assert float(clip.abs().max()) <= 1.0
+    assert torch.equal(clip, train_hf.non_speech(12345, kind, torch.Generator().manual_seed(0)))
+
+
+def test_collator_is_reproducible_under_a_seeded_generator():
+    tokenizer = train_hf.build_tokenizer(["one two"])
+    config = tiny_config(vocab_size=len(tokenizer))
+    rows = [{"waveform": clip.numpy(), "labels": [5, 2], "text": "one", "speaker": "", "augment": True}
+            for clip in random_clips(4000, 6000)]
+    batches = [train_hf.Collator(config, tokenizer, train_hf.AUGMENTATIONS, non_speech_probability=0.5,
+                                 generator=torch.Generator().manual_seed(3))(rows) for _ in range(2)]
+    for name in batches[0]:
+        assert torch.equal(batches[0][name], batches[1][name])
+    with pytest.raises(ValueError, match="unknown augmentations"):
+        train_hf.Collator(config, augmentations=("echo",))
+
+
+def test_duration_bound_cuts_a_runaway_decode_for_every_clip_and_beam():
+    torch.manual_seed(0)
+    config = tiny_config(max_tokens_per_second=10.0, max_target_positions=64)
+    model = tiny_model(max_tokens_per_second=10.0, max_target_positions=64)
+    inputs = audio_inputs(config, 16000, 4000)  # 1 s and 0.25 s: at most 11 and 4 tokens with eos
+    limits = brope_asr.duration_token_limits(inputs["attention_mask"].sum(1), config)
+    assert limits.tolist() == [11, 4]
+    for num_beams in (1, 3):
+        ids = model.generate(**inputs, num_beams=num_beams, max_new_tokens=60, suppress_tokens=[config.eos_token_id])
+        written = (ids[:, 1:] != config.pad_token_id).sum(1)  # tokens after the start token, eos included
+        assert (written <= limits).all(), (written, limits)
+        assert ids[1, 1:][written[1] - 1] == config.eos_token_id
+
+
+def test_error_rates_by_source_split_the_test_set():
+    rates = train_hf.error_rates_by_source(["one two", "one", "three"], ["one two", "two", "three"], ["a", "b", "b"])
+    assert rates == {"wer_a": 0.0, "cer_a": 0.0, "wer_b": 0.5, "cer_b": 3 / 8}
+
+
+def test_augment_option_names_each_augmentation_or_all_or_none():
+    assert train_hf.parse_augmentations("all") == train_hf.AUGMENTATIONS and train_hf.parse_augmentations("none") == ()
+    assert train_hf.parse_augmentations("speed, reverb") == ("speed", "reverb")
+    with pytest.raises(ValueError, match="echo"):
+        train_hf.parse_augmentations("speed,echo")
+
+
+def test_training_with_empty_labelled_non_speech_teaches_silence_for_noise_tones_and_silence():
+    torch.manual_seed(0)
+    texts = ["one", "two"]
+    tokenizer = train_hf.build_tokenizer(texts)
+    config = tiny_config(vocab_size=len(tokenizer), d_model=64, encoder_ffn_dim=128, decoder_ffn_dim=128, init_std=0.02)
+    speech = [0.1 * torch.randn(6000) * torch.hann_window(6000), 0.1 * torch.sin(torch.arange(6000) * 0.3)]
+    rows = [{"waveform": clip.numpy(), "labels": tokenizer(text, add_special_tokens=False).input_ids + [2],
+             "text": text, "speaker": "", "augment": True} for clip, text in zip(speech, texts)]
+    collate = train_hf.Collator(config, tokenizer, (), non_speech_probability=0.5)
+    model = BRoPEASRForConditionalGeneration(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model(**collate(rows * 4)).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    generator = torch.Generator().manual_seed(99)  # clips never seen in training
+    fresh = [train_hf.non_speech(int(SAMPLE_RATE * 1.5), kind, generator) for kind in ("silence", "white", "tones", "hum")]
+    assert brope_asr.transcribe(model, tokenizer, fresh) == ["", "", "", ""]
+    assert brope_asr.transcribe(model, tokenizer, speech) == texts

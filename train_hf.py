@@ -17,9 +17,12 @@ works on it), checkpoints, metrics.csv, and curves.png when matplotlib is instal
 import argparse
 import csv
 import io
+import math
 import sys
 import time
 import warnings
+from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +45,15 @@ from brope_asr import (
     batch_inputs,
     char_error_rate,
     load_audio,
+    mel_filterbank,
     resample,
     token_scores,
+    transcribe,
     word_error_rate,
 )
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
-SPEEDS = (0.9, 1.0, 1.1)  # speed perturbation factors, as Kaldi's 3-way recipe
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -100,9 +104,14 @@ def load_splits(args) -> dict[str, Dataset]:
                 raise ValueError(f"{key} split has no column {column!r}; its columns are {split.column_names}")
         if isinstance(split.features[audio_column], Audio):
             split = split.cast_column(audio_column, Audio(decode=False))  # decoded with soundfile below
-        splits[key] = split.select_columns([audio_column, text_column]).rename_columns(
+        extra = [column for column in ("source", "speaker") if column in split.column_names]  # optional metadata
+        split = split.select_columns([audio_column, text_column, *extra]).rename_columns(
             {audio_column: "audio", text_column: "text"}
         )
+        for column in ("source", "speaker"):
+            if column not in extra:
+                split = split.add_column(column, [""] * len(split))
+        splits[key] = split
     for key in ("train", "validation"):
         if key not in splits or len(splits[key]) == 0:
             raise ValueError(f"the {key} split ({names.get(key)!r}) is missing or empty")
@@ -132,10 +141,13 @@ def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, s
             if len(labels) > config.max_target_positions:
                 raise ValueError(f"{name}: transcript of {len(labels)} tokens exceeds max_target_positions")
         except ValueError as error:
-            return {"waveform": np.zeros(0, np.float32), "text": "", "labels": [], "error": str(error)}
-        return {"waveform": audio, "text": text, "labels": labels, "error": ""}
+            return {"waveform": np.zeros(0, np.float32), "text": "", "labels": [], "seconds": 0.0, "error": str(error)}
+        return {"waveform": audio, "text": text, "labels": labels, "seconds": len(audio) / SAMPLE_RATE, "error": ""}
 
-    prepared = split.map(prepare, with_indices=True, remove_columns=split.column_names, desc=f"decoding {key}")
+    kept = ["source", "speaker"]  # passed through: per-source test WER and the speakers' word pools
+
+    removed = [column for column in split.column_names if column not in kept]
+    prepared = split.map(prepare, with_indices=True, remove_columns=removed, desc=f"decoding {key}")
     errors = [e for e in prepared["error"] if e]
     if errors and not skip_bad:
         raise ValueError(f"{len(errors)} bad rows in the {key} split:\n" + "\n".join(errors))
@@ -149,57 +161,316 @@ def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, s
     return prepared.remove_columns("error").with_format("numpy", columns=["waveform"], output_all_columns=True)
 
 
-class Collator:
-    """Pads a batch to its longest clip, builds the model inputs, and augments rows marked `augment`.
+# --------------------------------------------------------------------------------------- augmentation
+#
+# Each function is one perturbation with a natural identity setting (speed 1, alpha 1, rt60 0,
+# SNR inf, the full band, gain 0 dB), takes its randomness from an optional torch.Generator (None =
+# torch's global generator, which Trainer seeds), and keeps a clip's length, except the speed change.
 
-    Only the training split's rows carry augment=True (see `main`), so evaluation sees clean audio.
-    Augmentation: random gain (+-6 dB), white noise at 20-40 dB SNR, speed
-    perturbation by resampling, then SpecAugment [9]-style frequency masks on the log-mel and time
-    masks on every input. Randomness comes from torch's global generator, which Trainer seeds.
+AUGMENTATIONS = ("speed", "vtlp", "reverb", "noise", "telephone", "gain", "specaugment")
+SPEEDS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)  # speed perturbation [Ko et al. 2015], wider and finer than Kaldi's 0.9/1.0/1.1
+NON_SPEECH_KINDS = ("silence", "white", "pink", "brown", "lowpass", "hum", "tones", "music", "dc", "clicks")
+NOISE_KINDS = ("white", "pink", "brown", "lowpass", "hum", "tones", "music", "clicks")  # backgrounds for "noise"
+
+
+def uniform(low: float, high: float, generator: torch.Generator | None = None) -> float:
+    """One draw from U(low, high)."""
+    return float(torch.empty(()).uniform_(low, high, generator=generator))
+
+
+def choice(options: tuple, generator: torch.Generator | None = None):
+    """One of `options`, uniformly."""
+    return options[int(torch.randint(len(options), (), generator=generator))]
+
+
+def change_speed(clip: torch.Tensor, factor: float) -> torch.Tensor:
+    """(N,) -> (ceil(N / factor),): played `factor` times faster, so tempo, pitch and formants all scale."""
+    return resample(clip, round(SAMPLE_RATE * factor), SAMPLE_RATE)
+
+
+@lru_cache(maxsize=4)
+def mel_centers(n_mels: int) -> torch.Tensor:
+    """(M,) float32 centre frequency in Hz of each mel filter (its centroid on the FFT grid)."""
+    filters = mel_filterbank(n_mels)  # (F, M)
+    frequencies = torch.linspace(0, SAMPLE_RATE / 2, filters.shape[0], dtype=filters.dtype)
+    return ((filters * frequencies[:, None]).sum(0) / filters.sum(0)).float()
+
+
+def warp_frequencies(features: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Vocal tract length perturbation [Jaitly & Hinton 2013] on log-mel features.
+
+    The spectrum is stretched along frequency by `alpha`: what a speaker put at f Hz appears at
+    alpha f, as a vocal tract 1/alpha as long would put it. Each mel bin takes the (linearly
+    interpolated) value of the bin whose centre is at its own centre / alpha; bins past the top
+    repeat the top bin.
+    Args:
+        features: (M, T) log-mel.
+        alpha: warp factor; 1 is the identity.
+    Returns:
+        (M, T), same dtype.
+    """
+    centers = mel_centers(features.shape[0])
+    source = (centers / alpha).clamp(centers[0], centers[-1])
+    upper = torch.searchsorted(centers, source).clamp(1, len(centers) - 1)
+    lower = upper - 1
+    weight = ((source - centers[lower]) / (centers[upper] - centers[lower])).to(features.dtype)[:, None]
+    return features[lower] * (1 - weight) + features[upper] * weight
+
+
+def reverberate(clip: torch.Tensor, rt60: float, drr_db: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Convolve with a synthetic room impulse response, keeping the clip's length and RMS level.
+
+    The response is a direct path followed by exponentially decaying Gaussian noise that falls by
+    60 dB in `rt60` seconds (the statistical reverberation model of Sabine and Schroeder), with the
+    direct path `drr_db` above the reverberant energy.
+    Args:
+        clip: (N,) waveform.
+        rt60: reverberation time in seconds; 0 is the identity.
+        drr_db: direct-to-reverberant energy ratio in dB.
+    Returns:
+        (N,) float32.
+    """
+    if rt60 <= 0:
+        return clip
+    t = torch.arange(max(1, round(rt60 * SAMPLE_RATE))) / SAMPLE_RATE
+    tail = torch.randn(len(t), generator=generator) * torch.exp(-math.log(1000.0) * t / rt60)  # 60 dB = 1000x in amplitude
+    response = tail / tail.norm() * 10 ** (-drr_db / 20)
+    response[0] += 1.0
+    size = len(clip) + len(response)
+    wet = torch.fft.irfft(torch.fft.rfft(clip, size) * torch.fft.rfft(response, size), size)[: len(clip)]
+    return wet * (clip.norm() / wet.norm().clamp_min(1e-12))
+
+
+def add_noise(clip: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """(N,) clip plus (N,) `noise` scaled to `snr_db` below the clip's power; SNR inf is the identity."""
+    if math.isinf(snr_db):
+        return clip
+    scale = clip.norm() / noise.norm().clamp_min(1e-12) * 10 ** (-snr_db / 20)
+    return clip + scale * noise
+
+
+def telephone_band(clip: torch.Tensor, low_hz: float = 300.0, high_hz: float = 3400.0, mu_law: bool = True) -> torch.Tensor:
+    """A narrow-band telephone channel: the 300-3400 Hz band and 8-bit mu-law samples (ITU-T G.711).
+
+    FSDD's real recordings are 8 kHz, so their spectra stop at 4 kHz; this teaches the model that
+    a missing top band is a channel, not a different word.
+    Args:
+        clip: (N,) waveform.
+        low_hz, high_hz: the pass band (0 and 8000 with mu_law False is the identity).
+        mu_law: round to 256 mu-law levels (mu = 255), relative to the clip's peak.
+    Returns:
+        (N,) float32.
+    """
+    spectrum = torch.fft.rfft(clip)
+    frequencies = torch.fft.rfftfreq(len(clip), 1 / SAMPLE_RATE)
+    band = torch.fft.irfft(spectrum * ((frequencies >= low_hz) & (frequencies <= high_hz)), len(clip))
+    if not mu_law:
+        return band
+    peak = band.abs().max().clamp_min(1e-12)
+    mu = 255.0
+    compressed = torch.sign(band) * torch.log1p(mu * band.abs() / peak) / math.log1p(mu)
+    compressed = torch.round(compressed * 127.5) / 127.5
+    return torch.sign(compressed) * torch.expm1(compressed.abs() * math.log1p(mu)) / mu * peak
+
+
+def colored_noise(num_samples: int, exponent: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(N,) Gaussian noise with power spectral density proportional to 1 / f^exponent (0 white, 1 pink, 2 brown)."""
+    spectrum = torch.fft.rfft(torch.randn(num_samples, generator=generator))
+    frequencies = torch.fft.rfftfreq(num_samples).clamp_min(1.0 / num_samples)
+    return torch.fft.irfft(spectrum / frequencies ** (exponent / 2), num_samples)
+
+
+def non_speech(num_samples: int, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A clip of something that is not speech, which must be transcribed as nothing.
+
+    Kinds: digital or near silence; white, pink and brown noise; noise low-passed at 0.2-4 kHz (what
+    audio sampled at 1 kHz becomes); mains hum (50 or 60 Hz and harmonics); one to three steady or
+    gliding tones; music (notes with harmonics and decaying envelopes, up to three voices); a DC
+    offset; and clicks. Levels are drawn from -50 to -10 dBFS RMS.
+    Args:
+        num_samples: N at 16 kHz.
+        kind: one of NON_SPEECH_KINDS.
+    Returns:
+        (N,) float32.
+    """
+    if kind not in NON_SPEECH_KINDS:
+        raise ValueError(f"kind must be one of {NON_SPEECH_KINDS}, got {kind!r}")
+    t = torch.arange(num_samples) / SAMPLE_RATE
+    if kind == "silence":
+        return torch.randn(num_samples, generator=generator) * 10 ** (uniform(-120, -70, generator) / 20)
+    if kind in ("white", "pink", "brown"):
+        clip = colored_noise(num_samples, {"white": 0.0, "pink": 1.0, "brown": 2.0}[kind], generator)
+    elif kind == "lowpass":
+        spectrum = torch.fft.rfft(torch.randn(num_samples, generator=generator))
+        clip = torch.fft.irfft(spectrum * (torch.fft.rfftfreq(num_samples, 1 / SAMPLE_RATE) < uniform(200, 4000, generator)), num_samples)
+    elif kind == "hum":
+        mains = choice((50.0, 60.0), generator)
+        clip = sum(uniform(0, 1, generator) / h * torch.sin(2 * math.pi * mains * h * t + uniform(0, 6.3, generator)) for h in range(1, 9))
+    elif kind == "tones":
+        clip = torch.zeros(num_samples)
+        for _ in range(int(torch.randint(1, 4, (), generator=generator))):
+            start, end = uniform(100, 4000, generator), uniform(100, 4000, generator) if uniform(0, 1, generator) < 0.5 else None
+            frequency = start if end is None else start + (end - start) * t / (2 * t[-1].clamp_min(1e-3))  # linear glide
+            clip += torch.sin(2 * math.pi * frequency * t)
+    elif kind == "music":
+        clip = torch.zeros(num_samples)
+        for _ in range(int(torch.randint(1, 4, (), generator=generator))):
+            position = 0
+            while position < num_samples:
+                length = int(uniform(0.1, 0.6, generator) * SAMPLE_RATE)
+                note = 440.0 * 2 ** ((int(torch.randint(40, 85, (), generator=generator)) - 69) / 12)  # MIDI 40-84
+                span = t[: min(length, num_samples - position)]
+                tone = sum(torch.sin(2 * math.pi * note * h * span) / h ** uniform(1, 2.5, generator) for h in range(1, 7))
+                clip[position : position + len(span)] += tone * torch.exp(-span / uniform(0.05, 0.5, generator))
+                position += length
+    elif kind == "dc":
+        clip = torch.full((num_samples,), choice((-1.0, 1.0), generator)) + 0.01 * torch.randn(num_samples, generator=generator)
+    else:  # clicks
+        clip = torch.zeros(num_samples)
+        clip[torch.randint(num_samples, (int(torch.randint(1, 20, (), generator=generator)),), generator=generator)] = 1.0
+    level = 10 ** (uniform(-50, -10, generator) / 20)
+    return (clip * level / clip.square().mean().sqrt().clamp_min(1e-12)).float()
+
+
+def join_words(clips: list[torch.Tensor], texts: list[str], generator: torch.Generator | None = None) -> tuple[torch.Tensor, str]:
+    """Connected speech from isolated words: the clips in order with natural pauses between them.
+
+    Each pause lasts 0-250 ms and holds noise at the level of the quietest 10 ms of the word
+    before it, so the recording's own background continues instead of dropping to digital zero.
+    Args:
+        clips: W isolated words, each (N_w,) at 16 kHz, from one speaker.
+        texts: their W transcripts.
+    Returns:
+        ((sum N_w + pauses,) float32, the transcripts joined by single spaces).
+    """
+    pieces = []
+    for index, clip in enumerate(clips):
+        if index:
+            frames = pieces[-1][: len(pieces[-1]) // HOP_LENGTH * HOP_LENGTH].view(-1, HOP_LENGTH)
+            floor = frames.square().mean(1).sqrt().min() if len(frames) else torch.tensor(0.0)
+            pieces.append(torch.randn(int(uniform(0, 0.25, generator) * SAMPLE_RATE), generator=generator) * floor)
+        pieces.append(torch.as_tensor(clip).float())
+    return torch.cat(pieces), " ".join(texts)
+
+
+class Collator:
+    """Builds each training example, augments it, pads the batch and builds the model inputs.
+
+    Only rows marked augment=True (the training split's) are changed; evaluation sees clean audio.
+    For those, each row is first replaced, with probability `non_speech_probability`, by a
+    non-speech clip labelled with nothing (eos alone), or else, if it is one word of a speaker in
+    `word_pools`, with probability `join_probability` by a string of 2-7 of that speaker's words
+    (`join_words`): real recordings here are isolated words, and every epoch hears new strings.
+    Then the waveform augmentations in `augmentations` (speed, reverb, noise, telephone, gain) and,
+    after the log-mel, vocal tract length perturbation and SpecAugment [9] masks.
     """
 
-    def __init__(self, config: BRoPEASRConfig):
-        self.config = config
+    def __init__(
+        self,
+        config: BRoPEASRConfig,
+        tokenizer=None,
+        augmentations: tuple[str, ...] = AUGMENTATIONS,
+        word_pools: dict[str, list[tuple[np.ndarray, str]]] | None = None,
+        join_probability: float = 0.0,
+        non_speech_probability: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
+        unknown = set(augmentations) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
+        if word_pools and tokenizer is None:
+            raise ValueError("joining words needs the tokenizer to label the joined strings")
+        self.config, self.tokenizer, self.augmentations = config, tokenizer, frozenset(augmentations)
+        self.word_pools = word_pools or {}
+        self.join_probability, self.non_speech_probability = join_probability, non_speech_probability
+        self.generator = generator
+        self.longest = config.max_source_positions * HOP_LENGTH  # samples the model accepts
+
+    def example(self, row: dict) -> tuple[torch.Tensor, list[int]]:
+        """A training row -> (waveform, label ids): the row itself, a non-speech clip, or a joined string."""
+        clip, labels = torch.tensor(row["waveform"]), list(row["labels"])  # a copy: augmentation writes into it
+        if uniform(0, 1, self.generator) < self.non_speech_probability:
+            length = int(uniform(0.3, 3.0, self.generator) * SAMPLE_RATE)
+            return non_speech(length, choice(NON_SPEECH_KINDS, self.generator), self.generator), [self.config.eos_token_id]
+        pool = self.word_pools.get(row.get("speaker", ""))
+        if pool and " " not in row["text"] and uniform(0, 1, self.generator) < self.join_probability:
+            count = int(torch.randint(2, 8, (), generator=self.generator))
+            picks = [pool[int(i)] for i in torch.randint(len(pool), (count,), generator=self.generator)]
+            clip, text = join_words([torch.as_tensor(w) for w, _ in picks], [t for _, t in picks], self.generator)
+            if len(clip) <= self.longest:
+                return clip, self.tokenizer(text, add_special_tokens=False).input_ids + [self.config.eos_token_id]
+        return clip, labels
 
     def perturb(self, clip: torch.Tensor) -> torch.Tensor:
-        """(N,) -> (N',) waveform with random speed, gain and noise."""
-        speed = SPEEDS[int(torch.randint(len(SPEEDS), ()))]
-        if len(clip) / speed > self.config.max_source_positions * HOP_LENGTH:
-            speed = 1.0  # slowing down would push the clip past what the model accepts
-        clip = resample(clip, round(SAMPLE_RATE * speed), SAMPLE_RATE)  # played back `speed` times faster
-        clip = clip * 10 ** (torch.empty(()).uniform_(-6, 6) / 20)
-        snr_db = torch.empty(()).uniform_(20, 40)
-        return clip + torch.randn_like(clip) * clip.std() * 10 ** (-snr_db / 20)
+        """(N,) -> (N',) with the waveform augmentations, in the order a signal meets them."""
+        g = self.generator
+        if "speed" in self.augmentations:
+            speed = choice(SPEEDS, g)
+            if len(clip) / speed <= self.longest:  # slowing down must not push the clip past what the model accepts
+                clip = change_speed(clip, speed)
+        if "reverb" in self.augmentations and uniform(0, 1, g) < 0.2:
+            clip = reverberate(clip, uniform(0.1, 0.6, g), uniform(0, 12, g), g)
+        if "noise" in self.augmentations and uniform(0, 1, g) < 0.3:
+            clip = add_noise(clip, non_speech(len(clip), choice(NOISE_KINDS, g), g), uniform(10, 40, g))
+        if "telephone" in self.augmentations and uniform(0, 1, g) < 0.15:
+            clip = telephone_band(clip)
+        if "gain" in self.augmentations:
+            clip = clip * 10 ** (uniform(-10, 10, g) / 20)
+        return clip
 
     def mask(self, inputs: dict[str, torch.Tensor]):
-        """SpecAugment: two frequency masks of up to 10 mel bins, time masks of up to 5% of each clip."""
+        """Vocal tract length perturbation (alpha in 0.9-1.1) and SpecAugment masks, in place on a batch.
+
+        SpecAugment: two time masks of up to 5% of each clip on every input, two frequency masks of
+        up to 10 mel bins on the log-mel.
+        """
+        g = self.generator
         lengths = inputs["attention_mask"].sum(1)
         frames = torch.arange(inputs["attention_mask"].shape[1])
         for row, length in enumerate(lengths.tolist()):
+            if "vtlp" in self.augmentations and "input_features" in inputs:
+                inputs["input_features"][row, :, :length] = warp_frequencies(inputs["input_features"][row, :, :length], uniform(0.9, 1.1, g))
+            if "specaugment" not in self.augmentations:
+                continue
             width = max(1, length // 20)
             for _ in range(2):
-                start = int(torch.randint(max(1, length - width), ()))
-                drop = (frames >= start) & (frames < start + int(torch.randint(width + 1, ())))
+                start = int(torch.randint(max(1, length - width), (), generator=g))
+                drop = (frames >= start) & (frames < start + int(torch.randint(width + 1, (), generator=g)))
                 if "input_features" in inputs:
                     inputs["input_features"][row, :, drop] = 0.0
                 if "waveform" in inputs:
                     inputs["waveform"][row].view(-1, HOP_LENGTH)[drop] = 0.0
             if "input_features" in inputs:
                 for _ in range(2):
-                    start = int(torch.randint(self.config.num_mel_bins - 10, ()))
-                    inputs["input_features"][row, start : start + int(torch.randint(11, ())), :length] = 0.0
+                    start = int(torch.randint(self.config.num_mel_bins - 10, (), generator=g))
+                    inputs["input_features"][row, start : start + int(torch.randint(11, (), generator=g)), :length] = 0.0
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         augment = bool(rows[0]["augment"])
-        clips = [torch.tensor(row["waveform"]) for row in rows]  # a copy: the collator writes into it
         if augment:
-            clips = [self.perturb(clip) for clip in clips]
+            examples = [self.example(row) for row in rows]
+            clips = [self.perturb(clip) for clip, _ in examples]
+            labels = [torch.as_tensor(ids) for _, ids in examples]
+        else:
+            clips = [torch.tensor(row["waveform"]) for row in rows]
+            labels = [torch.as_tensor(row["labels"]) for row in rows]
         inputs = batch_inputs(clips, self.config)
         if augment:
             self.mask(inputs)
-        labels = [torch.as_tensor(row["labels"]) for row in rows]
         inputs["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)
         return inputs
+
+
+def word_pools(split: Dataset, minimum: int = 10) -> dict[str, list[tuple[np.ndarray, str]]]:
+    """Each speaker's one-word clips, for speakers with at least `minimum` of them: what `join_words` joins.
+
+    Built from the training split only, so no clip of a validation or test speaker can be joined in.
+    """
+    pools = {}
+    for row in split:
+        if row["speaker"] and row["text"] and " " not in row["text"]:
+            pools.setdefault(row["speaker"], []).append((row["waveform"], row["text"]))
+    return {speaker: pool for speaker, pool in pools.items() if len(pool) >= minimum}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -223,6 +494,45 @@ class ASRTrainer(Seq2SeqTrainer):
         return result
 
 
+def decode_prediction(prediction, tokenizer) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """A Trainer prediction -> (hypotheses, references, generated ids aligned to the labels, labels)."""
+    generated, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+    generated = np.where(generated < 0, tokenizer.pad_token_id, generated)[:, 1:]
+    width = labels.shape[1]
+    aligned = np.full_like(labels, tokenizer.pad_token_id)
+    aligned[:, : min(width, generated.shape[1])] = generated[:, :width]
+    hypotheses = tokenizer.batch_decode(generated, skip_special_tokens=True)
+    references = tokenizer.batch_decode(np.where(labels < 0, tokenizer.pad_token_id, labels), skip_special_tokens=True)
+    return hypotheses, references, aligned, labels
+
+
+def error_rates_by_source(hypotheses: list[str], references: list[str], sources: list[str]) -> dict[str, float]:
+    """WER and CER of each source (e.g. "espeak-ng", "fsdd") as {"wer_<source>": ..., "cer_<source>": ...}."""
+    results = {}
+    for source in sorted(set(sources) - {""}):
+        rows = [i for i, s in enumerate(sources) if s == source]
+        results[f"wer_{source}"] = word_error_rate([hypotheses[i] for i in rows], [references[i] for i in rows])
+        results[f"cer_{source}"] = char_error_rate([hypotheses[i] for i in rows], [references[i] for i in rows])
+    return results
+
+
+def false_words_per_minute(model, tokenizer, clips_per_kind: int = 6, seed: int = 1234) -> dict[str, float]:
+    """Words transcribed per minute of non-speech, for each of NON_SPEECH_KINDS and over all of them.
+
+    The clips (0.5-4 s, from a generator seeded apart from training) must all transcribe to nothing.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    words, seconds = Counter(), Counter()
+    for kind in NON_SPEECH_KINDS:
+        clips = [non_speech(int(uniform(0.5, 4.0, generator) * SAMPLE_RATE), kind, generator) for _ in range(clips_per_kind)]
+        texts = transcribe(model, tokenizer, clips)
+        words[kind] = sum(len(text.split()) for text in texts)
+        seconds[kind] = sum(len(clip) for clip in clips) / SAMPLE_RATE
+    rates = {kind: 60 * words[kind] / seconds[kind] for kind in NON_SPEECH_KINDS}
+    rates["all"] = 60 * sum(words.values()) / sum(seconds.values())
+    return rates
+
+
 def metrics_function(tokenizer):
     """compute_metrics for Seq2SeqTrainer: WER and CER of the generated transcripts, and token scores.
 
@@ -231,13 +541,7 @@ def metrics_function(tokenizer):
     """
 
     def compute(prediction):
-        generated, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
-        generated = np.where(generated < 0, tokenizer.pad_token_id, generated)[:, 1:]
-        width = labels.shape[1]
-        aligned = np.full_like(labels, tokenizer.pad_token_id)
-        aligned[:, : min(width, generated.shape[1])] = generated[:, :width]
-        hypotheses = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        references = tokenizer.batch_decode(np.where(labels < 0, tokenizer.pad_token_id, labels), skip_special_tokens=True)
+        hypotheses, references, aligned, labels = decode_prediction(prediction, tokenizer)
         return {
             "wer": word_error_rate(hypotheses, references),
             "cer": char_error_rate(hypotheses, references),
@@ -295,6 +599,19 @@ class MetricsTable(TrainerCallback):
         plt.close(figure)
 
 
+def parse_augmentations(spec: str) -> tuple[str, ...]:
+    """--augment's value ("all", "none", or names joined by commas) -> the augmentation names."""
+    if spec == "all":
+        return AUGMENTATIONS
+    if spec == "none":
+        return ()
+    names = tuple(name.strip() for name in spec.split(",") if name.strip())
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"--augment: unknown {unknown}; choose from {', '.join(AUGMENTATIONS)}, or all, or none")
+    return names
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line; `argv` None reads sys.argv."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -304,6 +621,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--betweenness", action=argparse.BooleanOptionalAction, default=False, help="bRoPE position shifts")
     model.add_argument("--blend-attention", action=argparse.BooleanOptionalAction, default=False, help="dot/cosine blend")
     model.add_argument("--ctc-weight", type=float, default=0.0, help="weight of the auxiliary CTC loss (0 = off)")
+    model.add_argument("--downsampling-factor", type=int, choices=(1, 2, 4, 8), help="mel frames per encoder frame (default: the preset's)")
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default=str(DATA_DIR), help="folder with metadata.csv (file_name,transcription,split)")
     data.add_argument("--dataset", help="a Hugging Face hub dataset instead of --data-dir (needs the network)")
@@ -315,14 +633,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--audio-column", default="audio")
     data.add_argument("--tokenizer", help="a saved Hugging Face tokenizer instead of building a character one")
     data.add_argument("--on-bad-audio", choices=("skip", "error"), default="skip", help="skip bad rows with a warning, or stop listing them")
-    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True, help="gain/noise/speed + SpecAugment")
+    data.add_argument("--augment", default="all", help=f"comma-separated augmentations from {','.join(AUGMENTATIONS)}, or all, or none")
+    data.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
+    data.add_argument("--join-probability", type=float, default=0.6, help="chance that a one-word training clip becomes a string of its speaker's words")
+    data.add_argument("--non-speech", type=float, default=0.08, help="share of training examples replaced by non-speech labelled empty")
     train = parser.add_argument_group("training")
     train.add_argument("--output-dir", default="runs/small")
-    train.add_argument("--max-steps", type=int, default=2500)
+    train.add_argument("--max-steps", type=int, default=2000)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=2e-3)
     train.add_argument("--warmup-steps", type=int, default=100)
-    train.add_argument("--eval-steps", type=int, default=500, help="evaluate (and checkpoint) every this many steps")
+    train.add_argument("--eval-steps", type=int, default=400, help="evaluate (and checkpoint) every this many steps")
     train.add_argument("--num-beams", type=int, default=1, help="beam width for evaluation decoding")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
@@ -352,12 +673,21 @@ def main(argv=None) -> dict:
         use_betweenness=args.betweenness,
         blend_attention=args.blend_attention,
         ctc_weight=args.ctc_weight,
+        **({"downsampling_factor": args.downsampling_factor} if args.downsampling_factor else {}),
     )
     skip_bad = args.on_bad_audio == "skip"
     prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad) for key, split in splits.items()}
     max_label = max(len(labels) for split in prepared.values() for labels in split["labels"])
+    # The fastest speech in training, with a 1.5x margin for faster speakers, bounds every transcript's
+    # length by its clip's duration in generate: non-speech or a confused decode cannot run away.
+    rates = [(len(labels) - 1) / seconds for labels, seconds in zip(prepared["train"]["labels"], prepared["train"]["seconds"])]
+    config.max_tokens_per_second = float(math.ceil(1.5 * max(rates)))
+    augmentations = parse_augmentations(args.augment)
     for key, split in prepared.items():
-        prepared[key] = split.add_column("augment", [args.augment and key == "train"] * len(split))
+        varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
+        prepared[key] = split.add_column("augment", [varied and key == "train"] * len(split))
+    pools = word_pools(prepared["train"]) if args.join_probability > 0 else {}
+    collator = Collator(config, tokenizer, augmentations, pools, args.join_probability, args.non_speech)
 
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(output_dir),
@@ -374,6 +704,9 @@ def main(argv=None) -> dict:
         save_strategy="steps",
         save_steps=args.eval_steps,
         save_total_limit=2,
+        load_best_model_at_end=True,  # the checkpoint with the best validation WER is the one saved and tested
+        metric_for_best_model="wer",
+        greater_is_better=False,
         logging_steps=min(50, args.eval_steps),
         predict_with_generate=True,
         generation_max_length=max_label + 1,  # start token + the longest transcript: no runaway decoding
@@ -397,7 +730,7 @@ def main(argv=None) -> dict:
         args=training_args,
         train_dataset=prepared["train"],
         eval_dataset=prepared["validation"],
-        data_collator=Collator(config),
+        data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=metrics_function(tokenizer),
         callbacks=[table],
@@ -407,17 +740,31 @@ def main(argv=None) -> dict:
         counts = ", ".join(f"{key} {len(split)}" for key, split in prepared.items())
         print(f"clips: {counts}; vocabulary {len(tokenizer)}; input_mode {config.input_mode}, "
               f"betweenness {config.use_betweenness}, blend_attention {config.blend_attention}, ctc_weight {config.ctc_weight}")
+        print(f"augmentations: {', '.join(augmentations) or 'none'}; words joined from {len(pools)} speakers "
+              f"(probability {args.join_probability}); non-speech share {args.non_speech}; "
+              f"at most {config.max_tokens_per_second} tokens per second of audio")
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
     trainer.save_model(str(output_dir))  # model (safetensors) and tokenizer
-    results = {"train_seconds": elapsed}
+    results = {"train_seconds": elapsed, "best_checkpoint": trainer.state.best_model_checkpoint}
     if "test" in prepared:
-        results.update(trainer.predict(prepared["test"], metric_key_prefix="test").metrics)
+        prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
+        results.update(prediction.metrics)
+        hypotheses, references, _, _ = decode_prediction(prediction, tokenizer)
+        by_source = error_rates_by_source(hypotheses, references, prepared["test"]["source"])
+        results.update({f"test_{name}": value for name, value in by_source.items()})
+    model.eval()
+    results.update({f"false_words_per_minute_{kind}": rate for kind, rate in false_words_per_minute(model, tokenizer).items()})
     if trainer.is_world_process_zero():
         table.save(output_dir)
-        print(f"learned blends: {model.learned_blends()}; training time {elapsed:.0f} s")
+        print(f"learned blends: {model.learned_blends()}; training time {elapsed:.0f} s; best checkpoint {results['best_checkpoint']}")
+        print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
         if "test_wer" in results:
+            for source in sorted({s for s in prepared["test"]["source"] if s}):
+                count = sum(s == source for s in prepared["test"]["source"])
+                print(f"test {source}: WER {100 * results[f'test_wer_{source}']:.2f}% "
+                      f"(CER {100 * results[f'test_cer_{source}']:.2f}%) on {count} clips")
             print(f"test WER {100 * results['test_wer']:.2f}% (CER {100 * results['test_cer']:.2f}%) on {len(prepared['test'])} clips")
     return results
 
