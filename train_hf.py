@@ -286,7 +286,7 @@ def non_speech(num_samples: int, kind: str, generator: torch.Generator | None = 
     Kinds: digital or near silence; white, pink and brown noise; noise low-passed at 0.2-4 kHz (what
     audio sampled at 1 kHz becomes); mains hum (50 or 60 Hz and harmonics); one to three steady or
     gliding tones; music (notes with harmonics and decaying envelopes, up to three voices); a DC
-    offset; and clicks. Levels are drawn from -50 to -10 dBFS RMS.
+    offset; and clicks. Levels are drawn from -50 to -10 dBFS RMS, peaks kept within full scale.
     Args:
         num_samples: N at 16 kHz.
         kind: one of NON_SPEECH_KINDS.
@@ -328,8 +328,8 @@ def non_speech(num_samples: int, kind: str, generator: torch.Generator | None = 
     else:  # clicks
         clip = torch.zeros(num_samples)
         clip[torch.randint(num_samples, (int(torch.randint(1, 20, (), generator=generator)),), generator=generator)] = 1.0
-    level = 10 ** (uniform(-50, -10, generator) / 20)
-    return (clip * level / clip.square().mean().sqrt().clamp_min(1e-12)).float()
+    clip = clip * 10 ** (uniform(-50, -10, generator) / 20) / clip.square().mean().sqrt().clamp_min(1e-12)
+    return (clip / clip.abs().max().clamp_min(1.0)).float()  # a peak past full scale is turned down, not clipped
 
 
 def join_words(clips: list[torch.Tensor], texts: list[str], generator: torch.Generator | None = None) -> tuple[torch.Tensor, str]:
@@ -747,7 +747,7 @@ def main(argv=None) -> dict:
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
     trainer.save_model(str(output_dir))  # model (safetensors) and tokenizer
-    results = {"train_seconds": elapsed, "best_checkpoint": trainer.state.best_model_checkpoint}
+    results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step}
     if "test" in prepared:
         prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
         results.update(prediction.metrics)
@@ -758,7 +758,8 @@ def main(argv=None) -> dict:
     results.update({f"false_words_per_minute_{kind}": rate for kind, rate in false_words_per_minute(model, tokenizer).items()})
     if trainer.is_world_process_zero():
         table.save(output_dir)
-        print(f"learned blends: {model.learned_blends()}; training time {elapsed:.0f} s; best checkpoint {results['best_checkpoint']}")
+        print(f"learned blends: {model.learned_blends()}; training time {elapsed:.0f} s; "
+              f"best validation WER at step {results['best_step']} (the model saved and tested)")
         print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
         if "test_wer" in results:
             for source in sorted({s for s in prepared["test"]["source"] if s}):
