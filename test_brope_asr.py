@@ -157,11 +157,17 @@ def test_learned_mixes_stay_bounded_finite_and_differentiable(value):
     torch.manual_seed(0)
     model = tiny_model(**ALL_FEATURES).train()
     mix_names = ("blend_logit", "log_temperature", "gate", "input_blend_logit")
-    mixes = [p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in mix_names]
+    named = [(name.rsplit(".", 1)[-1], p) for name, p in model.named_parameters()]
+    mixes = [p for name, p in named if name in mix_names]
     assert len(mixes) == 3 * 2 + 2 + 1  # blend and temperature of 3 attentions, 2 gates, 1 input blend
+    # 0.0 is the centre of every logit's range but the lower clamp bound of log_temperature (tau = 1),
+    # a kink where torch >= 2.14 gives clamp the minimum-norm subgradient 0 (torch 2.13 gave 1): its
+    # unsaturated point is the middle of [0, log max].
+    middle = 0.5 * math.log(model.config.attention_max_temperature)
     with torch.no_grad():
-        for parameter in mixes:
-            parameter.fill_(value)
+        for name, parameter in named:
+            if name in mix_names:
+                parameter.fill_(middle if value == 0.0 and name == "log_temperature" else value)
 
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
     for attention in attentions:
@@ -1501,3 +1507,15 @@ def test_training_with_empty_labelled_non_speech_teaches_silence_for_noise_tones
     fresh = [train_hf.non_speech(int(SAMPLE_RATE * 1.5), kind, generator) for kind in ("silence", "white", "tones", "hum")]
     assert brope_asr.transcribe(model, tokenizer, fresh) == ["", "", "", ""]
     assert brope_asr.transcribe(model, tokenizer, speech) == texts
+
+
+def test_collator_leaves_training_rows_clean_at_augment_probability_zero():
+    config = tiny_config(input_mode="both")
+    clips = random_clips(4000, 2500)
+    rows = [{"waveform": clip.numpy(), "labels": [5, 2], "augment": True} for clip in clips]
+    batch = train_hf.Collator(config, augment_probability=0.0, generator=torch.Generator().manual_seed(0))(rows)
+    expected = brope_asr.batch_inputs(clips, config)
+    for name in ("input_features", "waveform", "attention_mask"):
+        torch.testing.assert_close(batch[name], expected[name], rtol=0, atol=0)
+    varied = train_hf.Collator(config, augment_probability=1.0, generator=torch.Generator().manual_seed(0))(rows)
+    assert not torch.equal(varied["input_features"][:, :, :10], expected["input_features"][:, :, :10])
