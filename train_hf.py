@@ -527,12 +527,13 @@ def false_words_per_minute(model, tokenizer, clips_per_kind: int = 6, seed: int 
     The clips (0.5-4 s, from a generator seeded apart from training) must all transcribe to nothing.
     """
     generator = torch.Generator().manual_seed(seed)
+    kinds = [kind for kind in NON_SPEECH_KINDS for _ in range(clips_per_kind)]
+    clips = [non_speech(int(uniform(0.5, 4.0, generator) * SAMPLE_RATE), kind, generator) for kind in kinds]
+    texts = transcribe(model, tokenizer, clips)  # one batch: one decoding loop, however many kinds
     words, seconds = Counter(), Counter()
-    for kind in NON_SPEECH_KINDS:
-        clips = [non_speech(int(uniform(0.5, 4.0, generator) * SAMPLE_RATE), kind, generator) for _ in range(clips_per_kind)]
-        texts = transcribe(model, tokenizer, clips)
-        words[kind] = sum(len(text.split()) for text in texts)
-        seconds[kind] = sum(len(clip) for clip in clips) / SAMPLE_RATE
+    for kind, clip, text in zip(kinds, clips, texts):
+        words[kind] += len(text.split())
+        seconds[kind] += len(clip) / SAMPLE_RATE
     rates = {kind: 60 * words[kind] / seconds[kind] for kind in NON_SPEECH_KINDS}
     rates["all"] = 60 * sum(words.values()) / sum(seconds.values())
     return rates
