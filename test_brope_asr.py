@@ -102,6 +102,12 @@ def move_off_init(model: BRoPEASRForConditionalGeneration) -> BRoPEASRForConditi
     return model
 
 
+def read_metadata() -> list[dict]:
+    """The rows of the shipped data/metadata.csv."""
+    with open(DATA / "metadata.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
 def random_clips(*lengths: int) -> list[torch.Tensor]:
     """Noise clips of the given sample counts, at speech-like level."""
     return [0.1 * torch.randn(length) for length in lengths]
@@ -966,8 +972,7 @@ def overfit_model():
     Returns (model in eval mode, tokenizer, the clips' paths, transcripts, waveforms, final loss).
     """
     torch.manual_seed(0)
-    with open(DATA / "metadata.csv", newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row["split"] == "train"]
+    rows = [row for row in read_metadata() if row["split"] == "train"]
     paths, texts, waveforms = [], [], []
     for row in rows:  # the first four clips under 1.2 s with distinct transcripts: fast to fit
         waveform = brope_asr.load_audio(str(DATA / row["file_name"]))
@@ -1056,8 +1061,7 @@ def write_corpus(folder: Path, rows: list[dict]) -> Path:
 
 def small_corpus(folder: Path, train: int = 8, validation: int = 4, test: int = 4) -> tuple[Path, list[dict]]:
     """The first clips of each split of data/, referenced by absolute path from a new metadata.csv."""
-    with open(DATA / "metadata.csv", newline="") as file:
-        table = list(csv.DictReader(file))
+    table = read_metadata()
     counts = {"train": train, "validation": validation, "test": test}
     rows = [
         {**row, "file_name": str(DATA / row["file_name"])}
@@ -1326,11 +1330,6 @@ def test_speed_perturbation_never_lengthens_a_clip_past_max_source_positions():
 
 
 # ------------------------------------------------------------ unheard voices: corpus, augmentation, non-speech
-
-
-def read_metadata() -> list[dict]:
-    with open(DATA / "metadata.csv", newline="") as file:
-        return list(csv.DictReader(file))
 
 
 def test_shipped_splits_share_no_speaker_and_no_voice_variant():

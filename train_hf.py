@@ -759,7 +759,8 @@ def main(argv=None) -> dict:
         prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
         results.update(prediction.metrics)
         hypotheses, references, _, _ = decode_prediction(prediction, tokenizer)
-        by_source = error_rates_by_source(hypotheses, references, prepared["test"]["source"])
+        test_sources = prepared["test"]["source"]
+        by_source = error_rates_by_source(hypotheses, references, test_sources)
         results.update({f"test_{name}": value for name, value in by_source.items()})
     if trainer.is_world_process_zero():
         model.eval()
@@ -769,8 +770,7 @@ def main(argv=None) -> dict:
               f"best validation WER at step {results['best_step']} (the model saved and tested)")
         print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
         if "test_wer" in results:
-            for source in sorted({s for s in prepared["test"]["source"] if s}):
-                count = sum(s == source for s in prepared["test"]["source"])
+            for source, count in sorted(Counter(s for s in test_sources if s).items()):
                 print(f"test {source}: WER {100 * results[f'test_wer_{source}']:.2f}% "
                       f"(CER {100 * results[f'test_cer_{source}']:.2f}%) on {count} clips")
             print(f"test WER {100 * results['test_wer']:.2f}% (CER {100 * results['test_cer']:.2f}%) on {len(prepared['test'])} clips")
