@@ -26,6 +26,7 @@ References:
 """
 
 import argparse
+import io
 import math
 import sys
 from collections import Counter
@@ -37,10 +38,24 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModelForSpeechSeq2Seq,
+    AutoProcessor,
+    BatchFeature,
+    GenerationMixin,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+    SequenceFeatureExtractor,
+)
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.pipelines import PIPELINE_REGISTRY, AutomaticSpeechRecognitionPipeline
 
 __all__ = [
     "BRoPEASRConfig",
@@ -60,6 +75,11 @@ __all__ = [
     "char_error_rate",
     "token_scores",
     "transcribe",
+    "speech_windows",
+    "window_seconds",
+    "BRoPEASRFeatureExtractor",
+    "BRoPEASRProcessor",
+    "SpeechRecognitionPipeline",
 ]
 
 SAMPLE_RATE = 16000  # Hz, Whisper's rate; every clip is resampled to it
@@ -129,7 +149,9 @@ class BRoPEASRConfig(PreTrainedConfig):
             **overrides: any config field, applied on top of the preset.
         """
         presets = {
-            "small": dict(downsampling_factor=4),  # 25 encoder frames/s: 1.5x the training steps per second at equal WER
+            # 25 encoder frames/s: 1.5x the training steps per second at equal WER; 448 decoder positions
+            # (as Whisper; RoPE has no position table) so a window of 8.9 s at 50 tokens/s fits any clip of data/
+            "small": dict(downsampling_factor=4, max_target_positions=448),
             "seed": dict(
                 vocab_size=51865,
                 d_model=512,
@@ -345,11 +367,12 @@ def check_audio(samples: torch.Tensor, name: str) -> torch.Tensor:
     return samples
 
 
-def batch_inputs(waveforms: list[torch.Tensor], config: BRoPEASRConfig) -> dict[str, torch.Tensor]:
+def batch_inputs(waveforms: list[torch.Tensor], config) -> dict[str, torch.Tensor]:
     """Pad clips to the longest and build exactly the inputs `config.input_mode` needs.
 
     Args:
         waveforms: B clips, each (N_b,) float32 at 16 kHz.
+        config: anything with `num_mel_bins` and `input_mode`: a `BRoPEASRConfig` or `BRoPEASRFeatureExtractor`.
     Returns:
         dict with `attention_mask` (B, T) bool (True on real mel frames, T = max N_b // 160) and
         `input_features` (B, M, T) float32 and/or `waveform` (B, 160 T) float32.
@@ -1173,28 +1196,286 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         )
 
 
+# ------------------------------------------------------------------------------------- long recordings
+
+
+def window_seconds(config: BRoPEASRConfig) -> float:
+    """The longest audio one decode covers: what the encoder takes and what the decoder can write.
+
+    A transcript may hold up to `max_tokens_per_second` tokens per second (`duration_token_limits`),
+    and must fit in `max_target_positions` with its start and end tokens.
+    """
+    return min(config.max_source_positions / 100, (config.max_target_positions - 2) / config.max_tokens_per_second)
+
+
+def speech_windows(
+    waveform: torch.Tensor, max_samples: int, margin: int = SAMPLE_RATE // 10
+) -> list[tuple[int, int]]:
+    """Where to cut a recording into windows of at most `max_samples`, so that no word is cut.
+
+    A clip that fits is one window. Otherwise, from the start of what is left, the cut goes in the
+    longest quiet run among the frames from a quarter to all of the window (10-ms frames quieter than
+    30% of the way from the recording's 5th-percentile energy to its peak, in dB): the window ends
+    `margin` samples into that pause and the next one starts `margin` samples before its end (at the
+    pause's middle if it is shorter than two margins), so the rest of the pause is skipped. With no
+    quiet frame in reach, the cut goes at the quietest frame. A window of pause alone is dropped.
+
+    Args:
+        waveform: (N,) samples at 16 kHz.
+        max_samples: the longest window, in samples (at least 4 frames).
+        margin: samples of pause kept on each side of a cut.
+    Returns:
+        [(start, end), ...] sample spans in order, each at most `max_samples` long.
+    """
+    total = len(waveform)
+    if total <= max_samples:
+        return [(0, total)]
+    if max_samples < 4 * HOP_LENGTH:
+        raise ValueError(f"windows need at least {4 * HOP_LENGTH} samples, got max_samples={max_samples}")
+    frames = F.pad(torch.as_tensor(waveform).float(), (0, -total % HOP_LENGTH)).view(-1, HOP_LENGTH)
+    energy = 10 * frames.square().mean(1).clamp(min=1e-10).log10()  # (F,) dB
+    peak = float(energy.max())
+    floor = max(float(energy.quantile(0.05)), peak - 80.0)
+    quiet = (energy < floor + 0.3 * (peak - floor)).tolist()
+    windows, start = [], 0
+    while total - start > max_samples:
+        first, last = (start + max_samples // 4) // HOP_LENGTH, (start + max_samples) // HOP_LENGTH  # frames in reach
+        best, best_length, frame = None, 0, first
+        while frame < last:  # the longest quiet run in reach (the latest among equals)
+            if not quiet[frame]:
+                frame += 1
+                continue
+            run_start = frame
+            while frame < last and quiet[frame]:
+                frame += 1
+            if frame - run_start >= best_length:
+                best, best_length = run_start, frame - run_start
+        if best is None:  # no pause in reach: cut at the quietest frame
+            cut = (first + int(energy[first:last].argmin())) * HOP_LENGTH
+            windows.append((start, cut))
+            start = cut
+            continue
+        pause_start, pause_end = best, best + best_length
+        while pause_end < len(quiet) and quiet[pause_end]:  # the pause as a whole, past the reach
+            pause_end += 1
+        pause_start, pause_end = pause_start * HOP_LENGTH, min(pause_end * HOP_LENGTH, total)
+        middle = (pause_start + pause_end) // 2
+        end = min(pause_start + margin, middle, start + max_samples)
+        windows.append((start, end))
+        start = max(pause_end - margin, middle, end)
+    windows.append((start, total))
+    # A window of pause alone (the tail of a recording that ends in silence) holds nothing to hear.
+    return [(a, b) for a, b in windows if b - a >= N_FFT and not all(quiet[a // HOP_LENGTH : -(-b // HOP_LENGTH)])]
+
+
 # -------------------------------------------------------------------------------------------- decoding
 
 
-
-
 def transcribe(
-    model: BRoPEASRForConditionalGeneration, tokenizer, waveforms: list[torch.Tensor], num_beams: int = 1
+    model: BRoPEASRForConditionalGeneration,
+    tokenizer,
+    waveforms: list[torch.Tensor],
+    num_beams: int = 1,
+    max_window_seconds: float | None = None,
+    batch_size: int = 32,
 ) -> list[str]:
-    """Transcribe clips by autoregressive decoding.
+    """Transcribe recordings of any length by autoregressive decoding.
+
+    A recording longer than `max_window_seconds` is cut at pauses (`speech_windows`); every window
+    is decoded and the window texts are joined with spaces. Windows are decoded `batch_size` at a
+    time, so memory grows with the window, not the recording.
 
     Args:
         model: a trained recognizer (put in eval mode by the caller).
         tokenizer: the transformers tokenizer saved with it.
         waveforms: B clips, each (N_b,) float32 at 16 kHz (`load_audio` gives that).
         num_beams: 1 for greedy search, more for beam search.
+        max_window_seconds: the longest window; default and upper bound `window_seconds(model.config)`.
+        batch_size: windows per decoding batch.
     Returns:
         B transcripts.
     """
+    longest = window_seconds(model.config)
+    seconds = longest if max_window_seconds is None else min(max_window_seconds, longest)
+    features = BRoPEASRFeatureExtractor.from_model_config(model.config)
     device = next(model.parameters()).device
-    inputs = {name: value.to(device) for name, value in batch_inputs(waveforms, model.config).items()}
-    ids = model.generate(**inputs, num_beams=num_beams)
-    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+    pieces, owners = [], []
+    for index, clip in enumerate(waveforms):
+        for start, end in speech_windows(clip, int(seconds * SAMPLE_RATE)):
+            pieces.append(clip[start:end])
+            owners.append(index)
+    texts = []
+    for first in range(0, len(pieces), batch_size):
+        inputs = features(pieces[first : first + batch_size], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        ids = model.generate(**inputs.to(device), num_beams=num_beams)
+        texts += tokenizer.batch_decode(ids, skip_special_tokens=True)
+    joined = [[] for _ in waveforms]
+    for index, text in zip(owners, texts):
+        if text.strip():
+            joined[index].append(text.strip())
+    return [" ".join(parts) for parts in joined]
+
+
+# ------------------------------------------------------------------------ Hugging Face: processor, pipeline
+
+
+class BRoPEASRFeatureExtractor(SequenceFeatureExtractor):
+    """Audio -> model inputs, the one path every caller takes (training collator, `transcribe`, pipeline).
+
+    Resamples to 16 kHz (`resample`), checks each clip (`check_audio`), pads to the longest clip
+    of the batch (never to 30 s) and builds what `input_mode` needs (`batch_inputs`): the log-mel
+    `input_features` (B, M, T) and/or the `waveform` (B, 160 T), with the frame `attention_mask`.
+    """
+
+    model_input_names = ["input_features", "attention_mask"]
+
+    def __init__(
+        self,
+        feature_size: int = 80,
+        input_mode: Literal["spectrogram", "waveform", "both"] = "spectrogram",
+        sampling_rate: int = SAMPLE_RATE,
+        padding_value: float = 0.0,
+        **kwargs,
+    ):
+        """feature_size: M, mel bins (the model's `num_mel_bins`); input_mode: the model's `input_mode`."""
+        kwargs.pop("model_input_names", None)  # follows from input_mode
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        if sampling_rate != SAMPLE_RATE:
+            raise ValueError(f"the model reads {SAMPLE_RATE} Hz audio; got sampling_rate={sampling_rate}")
+        self.input_mode = input_mode
+        self.model_input_names = {
+            "spectrogram": ["input_features", "attention_mask"],
+            "waveform": ["waveform", "attention_mask"],
+            "both": ["input_features", "waveform", "attention_mask"],
+        }[input_mode]
+
+    @property
+    def num_mel_bins(self) -> int:
+        return self.feature_size
+
+    @classmethod
+    def from_model_config(cls, config: BRoPEASRConfig) -> "BRoPEASRFeatureExtractor":
+        """The feature extractor a model of `config` reads."""
+        return cls(feature_size=config.num_mel_bins, input_mode=config.input_mode)
+
+    def __call__(
+        self,
+        raw_speech: np.ndarray | torch.Tensor | list,
+        sampling_rate: int | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs,
+    ) -> BatchFeature:
+        """Args:
+            raw_speech: one clip (N,), or a list of clips, float samples; a (B, N) array is B clips.
+            sampling_rate: their rate in Hz; None means already 16 kHz.
+            return_tensors: "pt" (default) or "np".
+            **kwargs: accepted for transformers' callers (`return_attention_mask`, `padding`) and ignored:
+                the mask is always returned and padding is always to the longest clip.
+        Returns:
+            `BatchFeature` with `attention_mask` and `input_features` and/or `waveform`.
+        """
+        if isinstance(raw_speech, (np.ndarray, torch.Tensor)) and raw_speech.ndim == 1:
+            raw_speech = [raw_speech]
+        if len(raw_speech) == 0:
+            raise ValueError("no audio given")
+        rate = SAMPLE_RATE if sampling_rate is None else sampling_rate
+        clips = [check_audio(resample(clip, rate), f"clip {i}") for i, clip in enumerate(raw_speech)]
+        inputs = batch_inputs(clips, self)
+        return BatchFeature({name: value.numpy() if return_tensors == "np" else value for name, value in inputs.items()})
+
+
+class BRoPEASRProcessor(ProcessorMixin):
+    """The feature extractor and the tokenizer, saved and loaded together (`AutoProcessor`).
+
+    `processor(audio=..., sampling_rate=..., text=...)` gives model inputs with `labels` (the
+    transcript's ids, end token appended as in training); `batch_decode` gives text.
+    """
+
+    def __init__(self, feature_extractor, tokenizer):
+        super().__init__(feature_extractor, tokenizer)
+
+    def __call__(self, audio=None, sampling_rate: int | None = None, text: str | list[str] | None = None, **kwargs):
+        if audio is None and text is None:
+            raise ValueError("give `audio`, `text` or both")
+        inputs = BatchFeature()
+        if audio is not None:
+            inputs = self.feature_extractor(audio, sampling_rate=sampling_rate, **kwargs)
+        if text is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            ids = [self.tokenizer(t, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id] for t in texts]
+            inputs["labels"] = nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], batch_first=True, padding_value=-100)
+        return inputs
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
+    """transformers' "automatic-speech-recognition" pipeline, reading brope-asr models as `transcribe` does.
+
+    Importing brope_asr makes this the pipeline's class; for any other model it is the parent
+    unchanged. For brope-asr models: files are decoded with soundfile (no ffmpeg) and arrays given
+    with their `sampling_rate` resampled by `resample` (no torchaudio); a recording is cut into
+    windows at pauses (`speech_windows`, at most `chunk_length_s` or `window_seconds(config)` long,
+    no overlap, so `stride_length_s` does not apply); decoding follows the model's generation
+    config (greedy), and the window texts are joined with spaces.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.is_brope:
+            self.type = "seq2seq"
+            self._generation_defaults = {}  # the model's own generation config, as `transcribe` uses
+
+    @property
+    def is_brope(self) -> bool:
+        return getattr(self.model.config, "model_type", None) == BRoPEASRConfig.model_type
+
+    def preprocess(self, inputs, chunk_length_s=0, stride_length_s=None):
+        if not self.is_brope:
+            yield from super().preprocess(inputs, chunk_length_s=chunk_length_s, stride_length_s=stride_length_s)
+            return
+        if stride_length_s is not None:
+            raise ValueError("brope-asr cuts long audio at pauses, without overlap: stride_length_s does not apply")
+        if isinstance(inputs, str):
+            audio = load_audio(inputs)
+        elif isinstance(inputs, bytes):
+            audio = load_audio(io.BytesIO(inputs), name="audio bytes")
+        elif isinstance(inputs, dict):
+            samples = inputs.get("raw", inputs.get("array"))
+            if samples is None or "sampling_rate" not in inputs:
+                raise ValueError('a dict input needs "raw" (or "array") samples and their "sampling_rate"')
+            samples = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+            audio = check_audio(resample(samples if samples.dim() == 1 else samples.mean(0), inputs["sampling_rate"]), "audio")
+        else:
+            audio = check_audio(torch.as_tensor(np.asarray(inputs, dtype=np.float32)), "audio")
+        longest = window_seconds(self.model.config)
+        seconds = min(chunk_length_s, longest) if chunk_length_s else longest
+        windows = speech_windows(audio, int(seconds * SAMPLE_RATE))
+        for i, (start, end) in enumerate(windows):
+            # (1, n) samples and (1,) their count: the pipeline's batching pads the first and stacks the second
+            yield {"is_last": i == len(windows) - 1, "samples": audio[None, start:end], "num_samples": torch.tensor([end - start])}
+
+    def _forward(self, model_inputs, **generate_kwargs):
+        if not self.is_brope:
+            return super()._forward(model_inputs, **generate_kwargs)
+        generate_kwargs.pop("return_timestamps", None), generate_kwargs.pop("return_language", None)
+        samples, counts = model_inputs.pop("samples"), model_inputs.pop("num_samples")
+        clips = [row[:count] for row, count in zip(samples.float().cpu(), counts.tolist())]
+        inputs = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt").to(self.device)
+        tokens = self.model.generate(**inputs, **self._prepare_generate_kwargs(generate_kwargs))
+        return {"is_last": model_inputs.pop("is_last"), "tokens": tokens}
+
+    def postprocess(self, model_outputs, decoder_kwargs=None, return_timestamps=None, return_language=None):
+        if not self.is_brope:
+            return super().postprocess(model_outputs, decoder_kwargs, return_timestamps, return_language)
+        if return_timestamps or return_language:
+            raise ValueError("brope-asr models give text only: no timestamps or language")
+        texts = [self.tokenizer.decode(output["tokens"].reshape(-1).tolist(), skip_special_tokens=True) for output in model_outputs]
+        return {"text": " ".join(text.strip() for text in texts if text.strip())}
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -1264,6 +1545,33 @@ def token_scores(pred_ids: torch.Tensor, label_ids: torch.Tensor, ignore_index: 
         "recall": (weights * recall).sum().item(),
         "f1": (weights * f1).sum().item(),
     }
+
+
+# ------------------------------------------------------------------------------------------ registration
+
+
+def register() -> None:
+    """Make transformers' Auto classes and ASR pipeline know brope-asr; runs when the module is imported.
+
+    `AutoConfig`, `AutoModelForSpeechSeq2Seq`, `AutoFeatureExtractor` and `AutoProcessor` map
+    "brope_asr" to this module's classes, and `save_pretrained` writes an `auto_map` and a copy of
+    this file next to the weights, so `from_pretrained(run_dir, trust_remote_code=True)` works in a
+    process that never imported brope_asr. The "automatic-speech-recognition" task gets
+    `SpeechRecognitionPipeline`, which leaves other models to the parent class.
+    """
+    AutoConfig.register(BRoPEASRConfig.model_type, BRoPEASRConfig, exist_ok=True)
+    AutoModelForSpeechSeq2Seq.register(BRoPEASRConfig, BRoPEASRForConditionalGeneration, exist_ok=True)
+    AutoFeatureExtractor.register(BRoPEASRConfig, BRoPEASRFeatureExtractor, exist_ok=True)
+    AutoProcessor.register(BRoPEASRConfig, BRoPEASRProcessor, exist_ok=True)
+    BRoPEASRConfig.register_for_auto_class()
+    BRoPEASRForConditionalGeneration.register_for_auto_class("AutoModelForSpeechSeq2Seq")
+    BRoPEASRFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+    BRoPEASRProcessor.register_for_auto_class("AutoProcessor")
+    task = PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"]
+    PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"] = {**task, "impl": SpeechRecognitionPipeline}
+
+
+register()
 
 
 # ------------------------------------------------------------------------------------------ command line

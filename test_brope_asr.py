@@ -997,6 +997,7 @@ def overfit_model():
         decoder_attention_heads=4,
         encoder_ffn_dim=128,
         decoder_ffn_dim=128,
+        max_target_positions=64,  # windows of (64 - 2) / 30 = 2.07 s: every clip is one window
         init_std=0.02,
         input_mode="both",
         use_betweenness=True,
@@ -1044,6 +1045,110 @@ def test_transcribe_cli_prints_good_files_and_names_bad_ones(overfit_model, tmp_
     for bad in (missing, str(junk)):
         assert sum(line.startswith(bad) for line in errors) == 1, result.stderr
     assert not any(good in line or good2 in line for line in errors), result.stderr
+
+
+# ------------------------------------------------------------------- Hugging Face: Auto classes, pipeline
+
+
+def save_run(model, tokenizer, folder: Path) -> Path:
+    """A run folder as train_hf.py writes it: model, processor (feature extractor and tokenizer), module file."""
+    model.save_pretrained(folder)
+    brope_asr.BRoPEASRProcessor(brope_asr.BRoPEASRFeatureExtractor.from_model_config(model.config), tokenizer).save_pretrained(folder)
+    return folder
+
+
+def joined_recording(waveforms: list[torch.Tensor], count: int, pause: float) -> tuple[torch.Tensor, list[int]]:
+    """`count` clips cycling through `waveforms`, each followed by `pause` seconds of silence.
+
+    Returns (the recording, the index into `waveforms` of each clip in order).
+    """
+    order = [i % len(waveforms) for i in range(count)]
+    silence = torch.zeros(int(pause * SAMPLE_RATE))
+    return torch.cat([part for i in order for part in (waveforms[i], silence)]), order
+
+
+def test_feature_extractor_gives_batch_inputs_and_resamples(overfit_model):
+    model, _, _, _, waveforms, _ = overfit_model
+    features = brope_asr.BRoPEASRFeatureExtractor.from_model_config(model.config)
+    expected = brope_asr.batch_inputs(waveforms, model.config)
+    got = features(waveforms, sampling_rate=SAMPLE_RATE)
+    assert set(got) == set(expected) == {"input_features", "waveform", "attention_mask"}
+    for name in expected:
+        assert torch.equal(got[name], expected[name])
+    at_8k = brope_asr.resample(waveforms[0], SAMPLE_RATE, 8000)
+    assert torch.equal(features(at_8k, sampling_rate=8000)["input_features"],
+                       brope_asr.batch_inputs([brope_asr.resample(at_8k, 8000)], model.config)["input_features"])
+    with pytest.raises(ValueError, match="clip 1"):
+        features([waveforms[0], torch.full((800,), float("nan"))], sampling_rate=SAMPLE_RATE)
+
+
+def test_auto_classes_and_pipeline_load_a_run_in_a_process_that_never_imported_brope_asr(overfit_model, tmp_path):
+    model, tokenizer, paths, texts, _, _ = overfit_model
+    run = save_run(model, tokenizer, tmp_path / "run")
+    assert (run / "brope_asr.py").exists()
+    script = f"""
+import sys
+from transformers import AutoConfig, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
+config = AutoConfig.from_pretrained({str(run)!r}, trust_remote_code=True)
+model = AutoModelForSpeechSeq2Seq.from_pretrained({str(run)!r}, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained({str(run)!r}, trust_remote_code=True)
+asr = pipeline("automatic-speech-recognition", model={str(run)!r}, trust_remote_code=True)
+assert "brope_asr" not in sys.modules, "the test must not import the repository's module"
+print(type(config).__name__, type(model).__name__, type(processor).__name__, type(asr).__name__)
+print(asr({str(paths[0])!r})["text"])
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")},
+    )
+    assert result.returncode == 0, result.stderr
+    names, text = result.stdout.splitlines()[-2:]
+    assert names == "BRoPEASRConfig BRoPEASRForConditionalGeneration BRoPEASRProcessor SpeechRecognitionPipeline"
+    assert text == texts[0]
+
+
+def test_pipeline_gives_the_transcribe_text_for_a_file_an_array_and_a_batch(overfit_model, tmp_path):
+    model, tokenizer, paths, texts, waveforms, _ = overfit_model
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
+    assert isinstance(asr, brope_asr.SpeechRecognitionPipeline)
+    assert asr(str(paths[0]))["text"] == brope_asr.transcribe(model, tokenizer, [waveforms[0]])[0] == texts[0]
+    assert asr(waveforms[1].numpy())["text"] == texts[1]
+    at_8k = brope_asr.resample(waveforms[2], SAMPLE_RATE, 8000).numpy()
+    expected = brope_asr.transcribe(model, tokenizer, [brope_asr.resample(at_8k, 8000)])[0]
+    assert asr({"raw": at_8k, "sampling_rate": 8000})["text"] == expected
+    batch = [str(paths[0]), waveforms[1].numpy(), {"array": at_8k, "sampling_rate": 8000}, waveforms[3].numpy()]
+    assert [out["text"] for out in asr(batch, batch_size=3)] == [texts[0], texts[1], expected, texts[3]]
+    with pytest.raises(ValueError, match="stride_length_s"):
+        asr(waveforms[0].numpy(), chunk_length_s=5, stride_length_s=1)
+
+
+def test_speech_windows_cut_in_the_middle_of_pauses_and_fit_the_limit():
+    generator = torch.Generator().manual_seed(0)
+    bursts = [torch.randn(int(seconds * SAMPLE_RATE), generator=generator) * 0.1 for seconds in (0.9, 1.3, 0.5, 1.1)]
+    recording, order = joined_recording(bursts, 20, pause=0.5)
+    margin, limit = SAMPLE_RATE // 10, int(1.5 * SAMPLE_RATE)
+    windows = brope_asr.speech_windows(recording, limit, margin)
+    starts = np.cumsum([0] + [len(bursts[i]) + SAMPLE_RATE // 2 for i in order])[:-1]
+    expected = [(max(0, s - margin), s + len(bursts[i]) + margin) for s, i in zip(starts, order)]
+    assert windows == expected  # each burst alone with `margin` of its pauses; the rest, and the silent tail, skipped
+    assert all(end - start <= limit for start, end in windows)
+    assert brope_asr.speech_windows(recording[:limit], limit) == [(0, limit)]  # what fits is not cut
+    steady = torch.randn(10 * SAMPLE_RATE, generator=generator)  # no pause at all: still cut to fit
+    cut = brope_asr.speech_windows(steady, limit)
+    assert cut[0][0] == 0 and cut[-1][1] == len(steady)
+    assert all(end - start <= limit and end == next_start for (start, end), (next_start, _) in zip(cut, cut[1:]))
+
+
+def test_a_minute_long_recording_is_transcribed_in_windows_as_its_clips_are(overfit_model, tmp_path):
+    model, tokenizer, _, texts, waveforms, _ = overfit_model
+    recording, order = joined_recording(waveforms, 60, pause=0.6)
+    assert len(recording) >= 60 * SAMPLE_RATE
+    reference = " ".join(texts[i] for i in order)
+    assert brope_asr.transcribe(model, tokenizer, [recording], max_window_seconds=1.5) == [reference]
+    path = tmp_path / "long.wav"
+    soundfile.write(path, recording.numpy(), SAMPLE_RATE, subtype="FLOAT")
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
+    assert asr(str(path), chunk_length_s=1.5, batch_size=8)["text"] == reference
 
 
 # ----------------------------------------------------------------------- train_hf.py: data, training, faults

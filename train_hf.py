@@ -41,8 +41,9 @@ from brope_asr import (
     HOP_LENGTH,
     SAMPLE_RATE,
     BRoPEASRConfig,
+    BRoPEASRFeatureExtractor,
     BRoPEASRForConditionalGeneration,
-    batch_inputs,
+    BRoPEASRProcessor,
     char_error_rate,
     load_audio,
     mel_filterbank,
@@ -388,6 +389,7 @@ class Collator:
         self.augment_probability = augment_probability
         self.generator = generator
         self.longest = config.max_source_positions * HOP_LENGTH  # samples the model accepts
+        self.features = BRoPEASRFeatureExtractor.from_model_config(config)  # the one path from audio to inputs
 
     def example(self, row: dict) -> tuple[torch.Tensor, list[int]]:
         """A training row -> (waveform, label ids): the row itself, a non-speech clip, or a joined string."""
@@ -459,7 +461,7 @@ class Collator:
         else:
             clips = [torch.tensor(row["waveform"]) for row in rows]
             labels = [torch.as_tensor(row["labels"]) for row in rows]
-        inputs = batch_inputs(clips, self.config)
+        inputs = dict(self.features(clips, sampling_rate=SAMPLE_RATE))
         if training:
             self.mask(inputs, varied)
         inputs["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)
@@ -738,7 +740,7 @@ def main(argv=None) -> dict:
         train_dataset=prepared["train"],
         eval_dataset=prepared["validation"],
         data_collator=collator,
-        processing_class=tokenizer,
+        processing_class=BRoPEASRProcessor(BRoPEASRFeatureExtractor.from_model_config(config), tokenizer),
         compute_metrics=metrics_function(tokenizer),
         callbacks=[table],
     )
@@ -753,7 +755,7 @@ def main(argv=None) -> dict:
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
-    trainer.save_model(str(output_dir))  # model (safetensors) and tokenizer
+    trainer.save_model(str(output_dir))  # model (safetensors), processor (feature extractor and tokenizer), brope_asr.py
     results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step}
     if "test" in prepared:
         prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
