@@ -16,6 +16,11 @@ the machine that ran them even where the absolute numbers do not carry over. The
 5. Model FLOP utilization of the seed training step: its model FLOP/s over the `torch.matmul` rate.
 6. With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast.
 
+`--long-audio RUN_DIR` measures something else, on a trained model: recordings of 1, 5 and 20
+minutes made by joining the test split's clips (seeded order, pauses of 0.3-0.7 s of silence) are
+transcribed by `transcribe` in windows cut at pauses; it prints WER against the joined transcripts,
+the WER of the same clips decoded one by one, the real-time factor and the process's peak memory.
+
 Every ratio reads "higher is better for us": anchor time / our time (throughput: ours / anchor);
 for FLOP utilization our FLOP/s / the matmul FLOP/s; for memory growth, our bytes per position at
 the shortest length / at the longest. A target is the smallest ratio wanted, and "met?" compares
@@ -26,20 +31,24 @@ seeded noise: speed does not depend on what is said.
     python bench_brope_asr.py --quick          # tiny sizes, 1 repeat: a smoke run; it checks no speed
     python bench_brope_asr.py --threads 2 --repeats 5 --out bench.md
     python bench_brope_asr.py --device cuda    # adds the GPU column (bf16 autocast)
+    python bench_brope_asr.py --threads 2 --long-audio runs/small   # long recordings: WER, real-time factor
 
 References (as in brope_asr.py): [2] Radford et al., Whisper, arXiv:2212.04356.
 """
 
 import argparse
+import csv
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,8 +70,13 @@ from brope_asr import (
     rotary_cos_sin,
     rotate,
     batch_inputs,
+    load_audio,
     log_mel_spectrogram,
     rope_frequencies,
+    speech_windows,
+    transcribe,
+    window_seconds,
+    word_error_rate,
 )
 
 SEED = 0
@@ -747,6 +761,58 @@ def render(rows: list[Row], header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def long_audio_report(run_dir: str, minutes: tuple[float, ...] = (1, 5, 20), data_dir: str = "data") -> str:
+    """Transcribe recordings of `minutes` joined from the test split's clips; a markdown table.
+
+    Each recording cycles through the test clips in a seeded order, each followed by a pause of
+    0.3-0.7 s of silence, until it is at least that long; its reference is the clips' transcripts
+    joined. The model decodes it in windows (`transcribe`); the same clips decoded one by one give
+    the WER the windows are compared with. Peak memory is the process's maximum resident set so far.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    model = BRoPEASRForConditionalGeneration.from_pretrained(run_dir).eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
+    with open(Path(data_dir) / "metadata.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["split"] == "test"]
+    clips = [load_audio(str(Path(data_dir) / row["file_name"])) for row in rows]
+    texts = [" ".join(row["transcription"].lower().split()) for row in rows]
+    generator = torch.Generator().manual_seed(SEED)
+    alone = transcribe(model, tokenizer, clips)
+    lines = [
+        f"model {run_dir}: windows of at most {window_seconds(model.config):.1f} s; {len(clips)} test clips, "
+        f"WER decoded one by one {100 * word_error_rate(alone, texts):.2f}%",
+        "",
+        "| recording | windows | WER | WER of its clips one by one | real-time factor | peak memory |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for length in minutes:
+        parts, order, total = [], [], 0
+        while total < length * 60 * SAMPLE_RATE:
+            for i in torch.randperm(len(clips), generator=generator).tolist():
+                pause = torch.zeros(int(float(torch.empty(()).uniform_(0.3, 0.7, generator=generator)) * SAMPLE_RATE))
+                parts += [clips[i], pause]
+                order.append(i)
+                total += len(clips[i]) + len(pause)
+                if total >= length * 60 * SAMPLE_RATE:
+                    break
+        recording = torch.cat(parts)
+        progress(f"long audio: {length} min, {len(order)} clips")
+        started = time.perf_counter()
+        text = transcribe(model, tokenizer, [recording])[0]
+        elapsed = time.perf_counter() - started
+        reference = " ".join(texts[i] for i in order)
+        one_by_one = " ".join(alone[i] for i in order if alone[i])
+        windows = len(speech_windows(recording, int(window_seconds(model.config) * SAMPLE_RATE)))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        lines.append(
+            f"| {len(recording) / SAMPLE_RATE / 60:.1f} min ({len(order)} clips) | {windows} | "
+            f"{100 * word_error_rate([text], [reference]):.2f}% | {100 * word_error_rate([one_by_one], [reference]):.2f}% | "
+            f"{elapsed / (len(recording) / SAMPLE_RATE):.4f} | {bytes_text(peak)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, measure every row (on CPU, then on CUDA if asked), print the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -757,6 +823,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per figure (5; --quick: 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda adds the GPU column (bf16)")
     parser.add_argument("--out", default=None, help="also write the report to this markdown file")
+    parser.add_argument("--long-audio", metavar="RUN_DIR", help="instead: long recordings through this trained model")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
@@ -764,6 +831,12 @@ def main(argv: list[str] | None = None) -> int:
         limit_blas_threads(args.threads, sys.argv[1:] if argv is None else argv)
         torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # Whisper's generate warns about its defaults on every call
+    if args.long_audio:
+        report = long_audio_report(args.long_audio)
+        print(report)
+        if args.out:
+            Path(args.out).write_text(report + "\n")
+        return 0
     sizes = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 5)
 

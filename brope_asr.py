@@ -23,6 +23,8 @@ References:
 [7] Xiong et al., On Layer Normalization in the Transformer Architecture, arXiv:2002.04745
 [8] Radford et al., Language Models are Unsupervised Multitask Learners (GPT-2), 2019
 [9] Park et al., SpecAugment, arXiv:1904.08779
+[10] Atal, Effectiveness of linear prediction characteristics of the speech wave for automatic speaker
+    identification and verification, JASA 1974 (cepstral mean normalization)
 """
 
 import argparse
@@ -128,6 +130,7 @@ class BRoPEASRConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True  # the output projection is the token embedding (by construction)
     use_cache: bool = True  # generate with a key/value cache
     input_mode: Literal["spectrogram", "waveform", "both"] = "spectrogram"  # encoder input(s)
+    normalize_features: bool = False  # subtract each clip's mean log-mel per bin (cepstral mean normalization [10])
     downsampling_factor: int = 2  # mel frames per encoder frame: log2 of it stride-2 convolutions (Whisper [2]: 2)
     rope_theta: float = 10000.0  # RoPE base: frequencies theta^(-2i/Dh) [1]
     learned_rope_frequencies: bool = False  # learn the RoPE frequencies (initialized to the fixed ones)
@@ -731,8 +734,9 @@ def key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class SpectrogramFrontEnd(nn.Module):
-    """Log-mel -> D channels at 100 frames/s: a convolution, a residual dilated depthwise-separable
-    convolution, and squeeze-and-excitation [4] whose pooling averages real frames only.
+    """Log-mel -> D channels at 100 frames/s: optionally each bin's mean over the clip removed [10],
+    a convolution, a residual dilated depthwise-separable convolution, and squeeze-and-excitation [4]
+    whose pooling averages real frames only.
 
     Padded frames are zeroed before every convolution, so a clip's output equals its output alone
     (where the convolution's own zero padding sits at the same place).
@@ -741,6 +745,7 @@ class SpectrogramFrontEnd(nn.Module):
     def __init__(self, config: BRoPEASRConfig):
         super().__init__()
         width = config.d_model
+        self.normalize = config.normalize_features
         self.conv_in = nn.Conv1d(config.num_mel_bins, width, kernel_size=3, padding=1)
         self.depthwise = nn.Conv1d(width, width, kernel_size=3, padding=2, dilation=2, groups=width)
         self.pointwise = nn.Conv1d(width, width, kernel_size=1)
@@ -750,6 +755,8 @@ class SpectrogramFrontEnd(nn.Module):
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """features: (B, M, T); valid: (B, T) bool. Returns (B, T, D)."""
         keep = valid[:, None, :].to(features.dtype)
+        if self.normalize:  # a fixed channel (microphone, gain, spectral tilt) adds a constant per bin: remove it
+            features = features - (features * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)  # (B, M, T)
         h = F.gelu(self.conv_in(features * keep)) * keep
         h = h + F.gelu(self.pointwise(self.depthwise(h))) * keep
         pooled = h.sum(-1) / keep.sum(-1)
@@ -1590,6 +1597,7 @@ def main(argv: list[str] | None = None) -> int:
     command = commands.add_parser("transcribe", help="transcribe audio files with a trained model")
     command.add_argument("--model", required=True, help="directory written by save_pretrained (model and tokenizer)")
     command.add_argument("--num-beams", type=int, default=1, help="1 = greedy search")
+    command.add_argument("--max-window-seconds", type=float, help="longest window of a long file (default: all the model takes)")
     command.add_argument("files", nargs="+", help="audio files in any format soundfile reads, any rate, mono or stereo")
     args = parser.parse_args(argv)
 
@@ -1599,7 +1607,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.files:
         try:
             audio = load_audio(path)
-            text = transcribe(model, tokenizer, [audio], num_beams=args.num_beams)[0]
+            text = transcribe(model, tokenizer, [audio], args.num_beams, args.max_window_seconds)[0]
         except ValueError as error:
             message = str(error)
             print(message if message.startswith(path) else f"{path}: {message}", file=sys.stderr, flush=True)

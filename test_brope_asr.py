@@ -35,7 +35,8 @@ DATA = REPO / "data"
 INPUT_MODES = ("spectrogram", "waveform", "both")
 VOCAB = 16  # pad 0, bos 1, eos 2 and 13 ordinary tokens
 ALL_FEATURES = dict(
-    input_mode="both", use_betweenness=True, blend_attention=True, learned_rope_frequencies=True, ctc_weight=0.5
+    input_mode="both", use_betweenness=True, blend_attention=True, learned_rope_frequencies=True, ctc_weight=0.5,
+    normalize_features=True,
 )
 
 
@@ -461,7 +462,8 @@ def test_logits_change_when_audio_changes(input_mode):
 def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, downsampling_factor):
     torch.manual_seed(0)
     model = move_off_init(
-        tiny_model(input_mode=input_mode, downsampling_factor=downsampling_factor, use_betweenness=True, blend_attention=True)
+        tiny_model(input_mode=input_mode, downsampling_factor=downsampling_factor, use_betweenness=True,
+                   blend_attention=True, normalize_features=True)  # the clip mean must not see padding either
     )
     short, long = random_clips(9 * 160 + 37, 20 * 160)  # 9 frames: odd, the downsampling edge case
     ids = decoder_ids(1, 7)
@@ -481,6 +483,20 @@ def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, downsampling_fa
     # 1e-4: batching changes float32 summation order (up to 1e-5 seen); a leak of padding moves 1e-2 and more.
     assert_close(batched.encoder_last_hidden_state[:1, :frames], alone.encoder_last_hidden_state, atol=1e-4)
     assert_close(batched.logits[:1], alone.logits, atol=1e-4)
+
+
+def test_feature_normalization_makes_outputs_independent_of_gain():
+    torch.manual_seed(0)
+    clip = random_clips(3000)[0]
+    ids = decoder_ids(1, 7)
+    for normalize in (True, False):
+        model = move_off_init(tiny_model(normalize_features=normalize))
+        quiet, loud = (model(**brope_asr.batch_inputs([gain * clip], model.config), decoder_input_ids=ids).logits
+                       for gain in (1.0, 3.7))  # x3.7 adds 11.4 dB: log-mel moves by one constant
+        if normalize:
+            assert_close(loud, quiet, atol=1e-4)
+        else:
+            assert (loud - quiet).abs().max() > 1e-2
 
 
 # ---------------------------------------------------------------------------------------------- decoding

@@ -629,6 +629,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--betweenness", action=argparse.BooleanOptionalAction, default=False, help="bRoPE position shifts")
     model.add_argument("--blend-attention", action=argparse.BooleanOptionalAction, default=False, help="dot/cosine blend")
     model.add_argument("--ctc-weight", type=float, default=0.0, help="weight of the auxiliary CTC loss (0 = off)")
+    model.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, help="per-clip log-mel mean removal (default: the preset's)")
+    model.add_argument("--dropout", type=float, help="residual and embedding dropout (default: the preset's)")
     model.add_argument("--downsampling-factor", type=int, choices=(1, 2, 4, 8), help="mel frames per encoder frame (default: the preset's)")
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default=str(DATA_DIR), help="folder with metadata.csv (file_name,transcription,split)")
@@ -683,6 +685,8 @@ def main(argv=None) -> dict:
         blend_attention=args.blend_attention,
         ctc_weight=args.ctc_weight,
         **({"downsampling_factor": args.downsampling_factor} if args.downsampling_factor else {}),
+        **({"dropout": args.dropout} if args.dropout is not None else {}),
+        **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
     )
     skip_bad = args.on_bad_audio == "skip"
     prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad) for key, split in splits.items()}
