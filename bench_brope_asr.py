@@ -66,9 +66,9 @@ from brope_asr import (
     BetweennessShift,
     BRoPEASRConfig,
     BRoPEASRForConditionalGeneration,
+    Rotation,
     apply_rotary,
-    rotary_cos_sin,
-    rotate,
+    rotary_angles,
     batch_inputs,
     load_audio,
     log_mel_spectrogram,
@@ -564,15 +564,15 @@ def log_mel_rows(runner: Runner, sizes: Sizes) -> list[Row]:
 
 def rope(q: torch.Tensor, k: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain RoPE at integer positions 0 .. S-1, cos/sin shared by q and k as in the model."""
-    cos, sin = rotary_cos_sin(torch.arange(q.shape[-2], device=q.device), inv_freq)
-    return rotate(q, cos, sin), rotate(k, cos, sin)
+    angles = rotary_angles(torch.arange(q.shape[-2], device=q.device), inv_freq)
+    return Rotation.apply(q, angles), Rotation.apply(k, angles)
 
 
 def brope(q, k, v, shift: BetweennessShift, inv_freq) -> tuple[torch.Tensor, torch.Tensor]:
     """bRoPE as the encoder runs it: positions 0 .. S-1 plus the betweenness shift of the values."""
     positions = torch.arange(q.shape[-2], device=q.device) + shift(v, causal=False, valid=None)
-    cos, sin = rotary_cos_sin(positions, inv_freq)
-    return rotate(q, cos, sin), rotate(k, cos, sin)
+    angles = rotary_angles(positions, inv_freq)
+    return Rotation.apply(q, angles), Rotation.apply(k, angles)
 
 
 def brope_straightforward(q, k, v, shift: BetweennessShift, inv_freq, eps: float = 1e-6):

@@ -67,8 +67,10 @@ __all__ = [
     "load_audio",
     "batch_inputs",
     "apply_rotary",
+    "rotary_angles",
     "rotary_cos_sin",
     "rotate",
+    "Rotation",
     "rope_frequencies",
     "betweenness_score",
     "attention",
@@ -418,12 +420,17 @@ def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tenso
     Returns:
         (..., S, Dh), dtype of x; angles are formed in float32 so position 3000 keeps its precision.
     """
-    return rotate(x, *rotary_cos_sin(positions, inv_freq))
+    return Rotation.apply(x, rotary_angles(positions, inv_freq))
+
+
+def rotary_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """The angles position x frequency, (..., S, Dh / 2) float32."""
+    return positions.to(inv_freq.dtype)[..., None] * inv_freq
 
 
 def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the angles position x frequency, each (..., S, Dh / 2) float32."""
-    angles = positions.to(inv_freq.dtype)[..., None] * inv_freq
+    angles = rotary_angles(positions, inv_freq)
     return angles.cos(), angles.sin()
 
 
@@ -432,6 +439,39 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Rotation(torch.autograd.Function):
+    """y = `rotate`(x, cos a, sin a), with a backward written for rotations.
+
+    Autograd through `rotate` and cos/sin would run about ten elementwise passes over the (B, H, S, Dh)
+    tensors and the (..., S, Dh / 2) angles. A rotation's derivatives are rotations:
+        dL/dx = R(-a) dL/dy,
+        dL/da = y1 * dL/dy2 - y2 * dL/dy1 (d/da R(a) x = R(a + pi/2) x), summed over what `a` was
+            broadcast along (heads, for bRoPE's one shift per token),
+    so the backward is one inverse rotation and one product, from the saved output and cos/sin.
+    The angle gradient is computed only when the angles need it (bRoPE's shifts, learned frequencies).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """x: (..., S, Dh); angles: (..., S, Dh / 2) float32, broadcastable to x's pairs. Returns (..., S, Dh)."""
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        y = rotate(x, cos, sin)
+        ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, cos, sin)
+        ctx.angles_shape, ctx.angles_dtype = angles.shape, angles.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        y, cos, sin = ctx.saved_tensors
+        g1, g2 = grad_y.chunk(2, dim=-1)
+        grad_x = torch.cat((g1 * cos + g2 * sin, g2 * cos - g1 * sin), dim=-1) if ctx.needs_input_grad[0] else None
+        grad_angles = None
+        if ctx.needs_input_grad[1]:
+            y1, y2 = y.chunk(2, dim=-1)
+            grad_angles = (y1 * g2 - y2 * g1).sum_to_size(ctx.angles_shape).to(ctx.angles_dtype)
+        return grad_x, grad_angles
 
 
 def betweenness_score(
@@ -652,9 +692,9 @@ class Attention(nn.Module):
             positions = torch.arange(total, device=x.device, dtype=torch.float32)
             if self.betweenness is not None:
                 positions = positions + self.betweenness(v, causal=self.kind == "causal", valid=valid)
-            cos, sin = rotary_cos_sin(positions, self.inv_freq(x.device))  # shared by q and k
-            q = rotate(q, cos[..., total - length :, :], sin[..., total - length :, :])
-            k = rotate(k, cos, sin)
+            angles = rotary_angles(positions, self.inv_freq(x.device))  # (..., total, Dh / 2): shared by q and k
+            q = Rotation.apply(q, angles[..., total - length :, :])
+            k = Rotation.apply(k, angles)
             if self.kind == "causal" and length > 1:
                 if length == total:
                     is_causal = True  # lets the fused kernel skip the masked half

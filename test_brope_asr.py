@@ -234,6 +234,19 @@ def test_rotary_keeps_norm_and_is_identity_at_position_zero():
     assert not torch.allclose(rotated[..., 1:, :], x[..., 1:, :], atol=1e-3)
 
 
+def test_rotation_backward_passes_gradcheck_and_equals_autograd_of_the_formula():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True)
+    angles = torch.randn(2, 1, 7, 4, dtype=torch.float64, requires_grad=True)  # one angle per token, all heads
+    assert torch.autograd.gradcheck(brope_asr.Rotation.apply, (x, angles))
+    y = brope_asr.Rotation.apply(x, angles)
+    reference = brope_asr.rotate(x, angles.cos(), angles.sin())
+    grad = torch.randn_like(y)
+    assert torch.equal(y, reference)
+    for got, expected in zip(torch.autograd.grad(y, (x, angles), grad), torch.autograd.grad(reference, (x, angles), grad)):
+        assert_close(got, expected, atol=1e-12)
+
+
 @pytest.mark.parametrize("delta", [3, 0.37])
 def test_rope_scores_depend_only_on_relative_offset(delta):
     torch.manual_seed(0)
@@ -1210,6 +1223,24 @@ def test_character_tokenizer_round_trips_and_maps_unknown_characters_to_unk(tmp_
     assert loaded.decode([1, *ids, 2, 0], skip_special_tokens=True) == "two three"
 
 
+def test_bpe_tokenizer_round_trips_any_text_exactly_and_through_save(tmp_path):
+    texts = ["one two three", "seven seven eight", "nine oh five"] * 20
+    tokenizer = train_hf.build_bpe_tokenizer(texts, 300)
+    assert 260 < len(tokenizer) <= 300  # bytes and specials, then merges until none is left to learn
+    assert [tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id] == [0, 1, 2, 3]
+    seven = tokenizer("seven", add_special_tokens=False).input_ids
+    assert len(seven) < len("seven")  # merges learned from the transcripts
+    tokenizer.save_pretrained(tmp_path)
+    loaded = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path)
+    for text in ["seven seven eight", "zoë says 42, naïvely!", "  two spaces", "日本"]:
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == text
+        assert loaded.decode([1, *ids, 2, 0], skip_special_tokens=True) == text
+    with pytest.raises(ValueError, match="at least 260"):
+        train_hf.build_bpe_tokenizer(texts, 100)
+
+
 def test_collator_pads_to_the_longest_clip_and_augments_only_marked_rows():
     torch.manual_seed(0)
     config = tiny_config(input_mode="both")
@@ -1251,6 +1282,21 @@ def test_train_hf_accepts_a_saved_tokenizer(tmp_path):
     run_train(data, tmp_path / "run", "--tokenizer", str(tmp_path / "tok"), "--max-steps", "1", "--test-split", "")
     saved = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "run")
     assert saved.get_vocab() == transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok").get_vocab()
+
+
+def test_train_hf_trains_with_a_bpe_tokenizer_that_transcribe_reads(tmp_path):
+    data, rows = small_corpus(tmp_path / "data", train=4, validation=2, test=0)
+    run_train(data, tmp_path / "run", "--tokenizer", "bpe:280", "--max-steps", "1", "--test-split", "")
+    saved = transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "run")
+    assert 260 < len(saved) <= 280
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["vocab_size"] == len(saved)
+    result = subprocess.run(
+        [sys.executable, "brope_asr.py", "transcribe", "--model", str(tmp_path / "run"), rows[0]["file_name"]],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{rows[0]['file_name']}\t")
 
 
 def bad_rows(folder: Path) -> list[dict]:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from datasets import Audio, Dataset, load_dataset
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoTokenizer,
     PreTrainedTokenizerFast,
@@ -72,6 +72,27 @@ def build_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character a token
     tokenizer.decoder = decoders.Fuse()  # join characters back without separators
+    pad, bos, eos, unk = SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk)
+
+
+def build_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of at most `vocab_size` tokens learned from `texts`, <pad> <s> </s> <unk> as ids 0-3.
+
+    Byte level: all 256 bytes are in the vocabulary, so any text encodes (no unknown token) and
+    decodes back exactly; merges fill the rest, most frequent pairs first (GPT-2's scheme), until
+    `vocab_size` or until no pair is left to merge.
+    """
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(SPECIAL_TOKENS) + len(alphabet):
+        raise ValueError(f"bpe:{vocab_size}: a byte-level BPE needs at least {len(SPECIAL_TOKENS) + len(alphabet)} tokens")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet, show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer)
     pad, bos, eos, unk = SPECIAL_TOKENS
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token=pad, bos_token=bos, eos_token=eos, unk_token=unk)
 
@@ -641,7 +662,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--test-split", default="test", help="empty to skip the final test")
     data.add_argument("--text-column", default="text")
     data.add_argument("--audio-column", default="audio")
-    data.add_argument("--tokenizer", help="a saved Hugging Face tokenizer instead of building a character one")
+    data.add_argument("--tokenizer", help="bpe:N trains a byte-level BPE of at most N tokens on the training transcripts; "
+                      "a path loads a saved Hugging Face tokenizer; default: characters")
     data.add_argument("--on-bad-audio", choices=("skip", "error"), default="skip", help="skip bad rows with a warning, or stop listing them")
     data.add_argument("--augment", default="none", help=f"comma-separated augmentations from {','.join(AUGMENTATIONS)}, or all, or none")
     data.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
@@ -667,12 +689,15 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
     splits = load_splits(args)
-    if args.tokenizer:
+    train_texts = [normalize_text(text) for text in splits["train"]["text"]]
+    if args.tokenizer and args.tokenizer.startswith("bpe:"):
+        tokenizer = build_bpe_tokenizer(train_texts, int(args.tokenizer.removeprefix("bpe:")))
+    elif args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         if None in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id):
             raise ValueError(f"tokenizer {args.tokenizer} needs pad, bos and eos tokens")
     else:
-        tokenizer = build_tokenizer([normalize_text(text) for text in splits["train"]["text"]])
+        tokenizer = build_tokenizer(train_texts)
     config = BRoPEASRConfig.from_preset(
         args.preset,
         vocab_size=len(tokenizer),
