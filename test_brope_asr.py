@@ -1412,7 +1412,7 @@ def test_two_process_torchrun_trains_and_saves_a_loadable_model(tmp_path, input_
 
 
 def test_ablation_grid_trains_each_run_once_and_writes_its_table(tmp_path, monkeypatch):
-    import ablate
+    from tools import ablate
 
     data, _ = small_corpus(tmp_path / "data", train=16, validation=4, test=4)
     grid = tmp_path / "grid"
@@ -1442,7 +1442,7 @@ def test_ablation_grid_trains_each_run_once_and_writes_its_table(tmp_path, monke
 
 
 def test_ablation_effects_pair_runs_on_seed_and_the_other_switches():
-    import ablate
+    from tools import ablate
 
     def runs(*wers):
         return [None if wer is None else {"test_wer": wer} for wer in wers]  # None: a failed run
@@ -1477,7 +1477,7 @@ def test_silent_clip_gives_finite_features_and_decodes(overfit_model):
 
 def test_benchmark_quick_run_prints_one_table_with_every_row():
     result = subprocess.run(
-        [sys.executable, "bench_brope_asr.py", "--quick", "--threads", "1"],
+        [sys.executable, "-m", "tools.bench_brope_asr", "--quick", "--threads", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

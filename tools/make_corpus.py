@@ -30,7 +30,7 @@ changing one split's count leaves the other splits, and that split's first
 clips, as they are)::
 
     apt-get install espeak-ng sox
-    python make_corpus.py
+    python -m tools.make_corpus
 
 espeak-ng and sox are needed only here; the recognizer reads the FLAC files.
 """
@@ -94,7 +94,7 @@ NUM_DIGITS = (1, 7)
 # FSDD_VALIDATION_INDICES (5 of each digit per speaker) are validation, the rest train. lucas is
 # held out because his accent (German) is shared by yweweler in training: the test then measures
 # a new person rather than a new accent, and jackson, the one US speaker, stays in training.
-FSDD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shared", "fsdd")
+FSDD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fsdd")  # beside the repository
 FSDD_TEST_SPEAKERS = ("lucas",)
 FSDD_VALIDATION_INDICES = range(45, 50)
 

@@ -7,11 +7,11 @@ the mean +- sample standard deviation over seeds of test WER and CER and of the 
 loss, the parameter count, the training time (trainer.train alone) and the wall time of a whole run,
 and the learned blend values at the end:
 
-    python ablate.py                         # 12 cells x 3 seeds x 300 steps, 50 min on 2 CPU cores
-    python ablate.py --quick                 # 12 cells x 1 seed x 30 steps, a look in about 2 minutes
-    python ablate.py --threads 1             # one torch thread per run: much faster on shared cores
-    python ablate.py --modes spectrogram --betweenness off on --blend off --seeds 5
-    python ablate.py -- --ctc-weight 0.3     # options after -- go to every train_hf.py run
+    python -m tools.ablate                         # 12 cells x 3 seeds x 300 steps, 50 min on 2 CPU cores
+    python -m tools.ablate --quick                 # 12 cells x 1 seed x 30 steps, a look in about 2 minutes
+    python -m tools.ablate --threads 1             # one torch thread per run: much faster on shared cores
+    python -m tools.ablate --modes spectrogram --betweenness off on --blend off --seeds 5
+    python -m tools.ablate -- --ctc-weight 0.3     # options after -- go to every train_hf.py run
 
 Layout: <output-dir>/<cell>/seed<k>/ is a train_hf run directory (model, tokenizer, metrics.csv)
 plus result.json. A run whose result.json exists is not trained again, so a stopped grid resumes
@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     ]
     if clashes:
         raise ValueError(
-            f"{clashes} after -- are set by ablate.py; use its own --modes/--betweenness/--blend/--seeds/--max-steps/--output-dir"
+            f"{clashes} after -- are set by tools/ablate.py; use its own --modes/--betweenness/--blend/--seeds/--max-steps/--output-dir"
         )
     return args, extra
 

@@ -27,11 +27,11 @@ the shortest length / at the longest. A target is the smallest ratio wanted, and
 the two. Progress goes to stderr, the report to stdout. Models get random weights and clips are
 seeded noise: speed does not depend on what is said.
 
-    python bench_brope_asr.py                  # the full table: about 15 minutes on 2 CPU cores
-    python bench_brope_asr.py --quick          # tiny sizes, 1 repeat: a smoke run; it checks no speed
-    python bench_brope_asr.py --threads 2 --repeats 5 --out bench.md
-    python bench_brope_asr.py --device cuda    # adds the GPU column (bf16 autocast)
-    python bench_brope_asr.py --threads 2 --long-audio runs/small   # long recordings: WER, real-time factor
+    python -m tools.bench_brope_asr                  # the full table: about 15 minutes on 2 CPU cores
+    python -m tools.bench_brope_asr --quick          # tiny sizes, 1 repeat: a smoke run; it checks no speed
+    python -m tools.bench_brope_asr --threads 2 --repeats 5 --out bench.md
+    python -m tools.bench_brope_asr --device cuda    # adds the GPU column (bf16 autocast)
+    python -m tools.bench_brope_asr --threads 2 --long-audio runs/small   # long recordings: WER, real-time factor
 
 References (as in brope_asr.py): [2] Radford et al., Whisper, arXiv:2212.04356.
 """
@@ -723,7 +723,7 @@ def limit_blas_threads(threads: int, argv: list[str]):
     if all(os.environ.get(name) == str(threads) for name in BLAS_THREAD_VARIABLES):
         return
     os.environ.update({name: str(threads) for name in BLAS_THREAD_VARIABLES})
-    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *argv])
+    os.execv(sys.executable, [sys.executable, "-m", __spec__.name, *argv])  # as it was started: a module
 
 
 def cpu_model() -> str:
