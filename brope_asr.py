@@ -10,7 +10,9 @@ toggle lives in `BRoPEASRConfig`, with the plain baseline as the default, so eac
 ablation you turn on. The model is a Hugging Face `PreTrainedModel` with `generate`.
 
 Shapes: B batch, T mel frames (100 per second), N waveform samples, S tokens, D model width,
-H heads, Dh head width, M mel bins, V vocabulary.
+H heads, Dh head width, M mel bins, V vocabulary. Padding is always on the right; which positions
+are real is a (B, T) bool `valid` (True on real frames), made from lengths by `lengths_to_mask`;
+`attention_mask` is its name at the Hugging Face interface, and `keep` is `valid` as a float factor.
 
 References:
 [1] Su et al., RoFormer: Enhanced Transformer with Rotary Position Embedding, arXiv:2104.09864
@@ -100,7 +102,7 @@ WAVEFORM_STRIDES = (5, 4, 4, 2)  # product 160 = HOP_LENGTH, so both front ends 
 class BRoPEASRConfig(PreTrainedConfig):
     """Every size and every toggle of the recognizer; field names follow `WhisperConfig`.
 
-    Build one with `BRoPEASRConfig(**fields)` or `BRoPEASRConfig.from_preset("small"|"seed", **overrides)`.
+    Build one with `BRoPEASRConfig(**fields)` or `BRoPEASRConfig.from_preset("small"|"base", **overrides)`.
     """
 
     model_type = "brope_asr"
@@ -146,18 +148,18 @@ class BRoPEASRConfig(PreTrainedConfig):
     max_tokens_per_second: float = 30.0  # generate writes at most ceil(rate x seconds) + 1 tokens per clip
 
     @classmethod
-    def from_preset(cls, name: Literal["small", "seed"], **overrides) -> "BRoPEASRConfig":
-        """A named size: "small" trains on 2 CPU cores in minutes; "seed" is the original's ~55 M size.
+    def from_preset(cls, name: Literal["small", "base"], **overrides) -> "BRoPEASRConfig":
+        """A named size: "small" trains on 2 CPU cores in minutes; "base" is a ~55 M model for real corpora on a GPU.
 
         Args:
-            name: "small" or "seed".
+            name: "small" or "base".
             **overrides: any config field, applied on top of the preset.
         """
         presets = {
             # 25 encoder frames/s: 1.5x the training steps per second at equal WER; 448 decoder positions
             # (as Whisper; RoPE has no position table) so a window of 8.9 s at 50 tokens/s fits any clip of data/
             "small": dict(downsampling_factor=4, max_target_positions=448),
-            "seed": dict(
+            "base": dict(
                 vocab_size=51865,
                 d_model=512,
                 encoder_layers=4,
@@ -198,6 +200,14 @@ class BRoPEASRConfig(PreTrainedConfig):
 
 
 # ----------------------------------------------------------------------------------- signal processing
+
+
+def lengths_to_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """(B,) lengths -> (B, length) bool `valid`: True on the first lengths[b] positions of row b.
+
+    The one way this module says which frames, samples or tokens are real (right padding).
+    """
+    return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def mel_filterbank(n_mels: int, sampling_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> torch.Tensor:
@@ -289,7 +299,7 @@ def log_mel_spectrogram(
     log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
 
     frames = lengths // HOP_LENGTH
-    valid = torch.arange(log_spec.shape[-1], device=batch.device)[None, :] < frames[:, None]  # (B, T)
+    valid = lengths_to_mask(frames, log_spec.shape[-1])  # (B, T)
     peak = log_spec.masked_fill(~valid[:, None, :], -torch.inf).amax(dim=(1, 2), keepdim=True)
     log_spec = torch.maximum(log_spec, peak - LOG_MEL_FLOOR_DB)
     features = ((log_spec + 4.0) / 4.0).masked_fill(~valid[:, None, :], 0.0)
@@ -385,7 +395,7 @@ def batch_inputs(waveforms: list[torch.Tensor], config) -> dict[str, torch.Tenso
     lengths = torch.tensor([len(clip) for clip in waveforms])
     padded = nn.utils.rnn.pad_sequence([torch.as_tensor(clip).float() for clip in waveforms], batch_first=True)
     frames = int(lengths.max()) // HOP_LENGTH
-    inputs = {"attention_mask": torch.arange(frames)[None, :] < (lengths // HOP_LENGTH)[:, None]}
+    inputs = {"attention_mask": lengths_to_mask(lengths // HOP_LENGTH, frames)}
     if config.input_mode in ("spectrogram", "both"):
         inputs["input_features"] = log_mel_spectrogram(padded, n_mels=config.num_mel_bins, lengths=lengths)
     if config.input_mode in ("waveform", "both"):
@@ -507,8 +517,8 @@ def betweenness_score(
     a, b, c = z[..., : length - 2 * k, :], z[..., k : length - k, :], z[..., 2 * k :, :]
     score = distance(a, c) / (distance(a, b) + distance(b, c))
     if valid is not None:
-        whole = valid[:, : length - 2 * k] & valid[:, k : length - k] & valid[:, 2 * k :]
-        score = score * whole[:, None, :]
+        complete = valid[:, : length - 2 * k] & valid[:, k : length - k] & valid[:, 2 * k :]  # no member padded
+        score = score * complete[:, None, :]
     return F.pad(score, (2 * k, 0) if causal else (k, k))
 
 
@@ -828,15 +838,14 @@ class WaveformFrontEnd(nn.Module):
     def forward(self, waveform: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """waveform: (B, 160 T); valid: (B, T) bool real frames. Returns (B, T, D)."""
         lengths = valid.sum(1) * HOP_LENGTH
-        keep = (torch.arange(waveform.shape[1], device=waveform.device)[None, :] < lengths[:, None]).to(waveform.dtype)
+        keep = lengths_to_mask(lengths, waveform.shape[1]).to(waveform.dtype)  # (B, N)
         mean = (waveform * keep).sum(1, keepdim=True) / lengths[:, None]
         var = ((waveform - mean).square() * keep).sum(1, keepdim=True) / lengths[:, None]
         h = ((waveform - mean) * torch.rsqrt(var + 1e-7) * keep)[:, None, :]
         for conv, stride in zip(self.convs, WAVEFORM_STRIDES):
             lengths = lengths // stride
             h = F.gelu(conv(F.pad(h, (stride // 2, stride - stride // 2))))
-            keep = torch.arange(h.shape[-1], device=h.device)[None, :] < lengths[:, None]
-            h = h * keep[:, None, :].to(h.dtype)
+            h = h * lengths_to_mask(lengths, h.shape[-1])[:, None, :].to(h.dtype)
         return h.transpose(1, 2)
 
 
@@ -911,8 +920,7 @@ class Encoder(nn.Module):
         if tuple(attention_mask.shape) != (batch, frames):
             raise ValueError(f"attention_mask must be (batch, frames) = {(batch, frames)}, got {tuple(attention_mask.shape)}")
         valid = attention_mask.bool()
-        positions = torch.arange(frames, device=device)
-        if not torch.equal(valid, positions[None, :] < valid.sum(1, keepdim=True)) or not bool(valid[:, 0].all()):
+        if not torch.equal(valid, lengths_to_mask(valid.sum(1), frames)) or not bool(valid[:, 0].all()):
             raise ValueError("attention_mask must mark a non-empty run of real frames at the start of each row (right padding)")
         return valid
 

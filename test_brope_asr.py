@@ -819,7 +819,7 @@ def test_config_rejects_inconsistent_fields(field, value):
 
 
 def test_from_preset_rejects_unknown_names():
-    assert BRoPEASRConfig.from_preset("seed", d_model=64).d_model == 64
+    assert BRoPEASRConfig.from_preset("base", d_model=64).d_model == 64
     with pytest.raises(ValueError, match="small"):
         BRoPEASRConfig.from_preset("huge")
 

@@ -8,7 +8,7 @@ split during training and on the test split (held-out voices) at the end:
     python train_hf.py --input-mode both --betweenness --blend-attention --ctc-weight 0.3
     torchrun --nproc_per_node 2 train_hf.py --max-steps 400
     python train_hf.py --dataset openslr/librispeech_asr --dataset-config clean \\
-        --train-split train.100 --eval-split validation --test-split test --preset seed
+        --train-split train.100 --eval-split validation --test-split test --preset base
 
 The run directory (--output-dir) ends up holding the model and tokenizer (`from_pretrained`
 works on it), checkpoints, metrics.csv, and curves.png when matplotlib is installed.
@@ -645,7 +645,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """The command line; `argv` None reads sys.argv."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--preset", choices=("small", "seed"), default="small", help="model size")
+    model.add_argument("--preset", choices=("small", "base"), default="small", help="model size")
     model.add_argument("--input-mode", choices=("spectrogram", "waveform", "both"), default="spectrogram")
     model.add_argument("--betweenness", action=argparse.BooleanOptionalAction, default=False, help="bRoPE position shifts")
     model.add_argument("--blend-attention", action=argparse.BooleanOptionalAction, default=False, help="dot/cosine blend")

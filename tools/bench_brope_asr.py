@@ -3,7 +3,7 @@
 Every figure is measured in the same run as the anchor it is compared with, so the ratios hold on
 the machine that ran them even where the absolute numbers do not carry over. The rows:
 
-1. Training step (forward, backward, AdamW) on a batch of 3-s clips at the small and seed presets,
+1. Training step (forward, backward, AdamW) on a batch of 3-s clips at the small and base presets,
    against a random-init `WhisperForConditionalGeneration` of the same size [2] on its 30-s input,
    against a Whisper whose `max_source_positions` is cut to the clips' length, and ours on the same
    30-s input; all options on (betweenness, blended attention, both inputs) against options off.
@@ -13,7 +13,7 @@ the machine that ran them even where the absolute numbers do not carry over. The
 4. bRoPE (RoPE at betweenness-shifted positions) against plain RoPE and against the straightforward
    implementation of the same score (a full pairwise distance matrix and a Python loop over
    positions, `brope_straightforward` below): time and peak memory at 128 to 3000 positions.
-5. Model FLOP utilization of the seed training step: its model FLOP/s over the `torch.matmul` rate.
+5. Model FLOP utilization of the base training step: its model FLOP/s over the `torch.matmul` rate.
 6. With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast.
 
 `--long-audio RUN_DIR` measures something else, on a trained model: recordings of 1, 5 and 20
@@ -243,8 +243,8 @@ class Sizes:
 
 
 FULL = Sizes(
-    presets={"small": dict(name="small"), "seed": dict(name="seed")},
-    large="seed",
+    presets={"small": dict(name="small"), "base": dict(name="base")},
+    large="base",
     batch=8,
     new_tokens=20,
     rope_lengths=(128, 512, 1500, 3000),
