@@ -661,9 +661,6 @@ class Attention(nn.Module):
             return self.log_inv_freq.exp()
         return rope_frequencies(self.head_dim, self.rope_theta, device)
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -672,49 +669,85 @@ class Attention(nn.Module):
         valid: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
     ) -> torch.Tensor:
-        """Args:
+        """softmax(sim(R q, R k) + mask) v with (b)RoPE rotations R, then the output projection.
+
+        Args:
             x: (B, S, D) queries' stream (and keys' for self-attention).
             context: (B, T, D) encoder states, for "cross".
-            mask: bool key mask broadcastable to (B, 1, S, T) for "self" and "cross"; the causal
-                mask of "causal" is built here.
+            mask: bool key mask broadcastable to (B, 1, S, T) for "self" and "cross"; "causal" builds its own.
             valid: (B, S) bool real positions, for the encoder's betweenness; None if unpadded.
             cache: the decoder's cache ("causal" and "cross"); updated in place.
         Returns:
             (B, S, D).
         """
-        length = x.shape[1]
-        q = self._split_heads(self.q_proj(x))
+        q = self._split_heads(self.q_proj(x))  # (B, H, S, Dh)
         is_causal = False
         if self.kind == "cross":
-            if cache is not None and cache.is_updated.get(self.layer_idx):
-                layer = cache.cross_attention_cache.layers[self.layer_idx]
-                k, v = layer.keys, layer.values
-            else:
-                k, v = self._split_heads(self.k_proj(context)), self._split_heads(self.v_proj(context))
-                if cache is not None:
-                    k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
-                    cache.is_updated[self.layer_idx] = True
+            k, v = self._cross_keys_values(context, cache)  # (B, H, T, Dh)
         else:
-            k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
-            if cache is not None:
-                k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
-            total = k.shape[2]
-            positions = torch.arange(total, device=x.device, dtype=torch.float32)
-            if self.betweenness is not None:
-                positions = positions + self.betweenness(v, causal=self.kind == "causal", valid=valid)
-            angles = rotary_angles(positions, self.inv_freq(x.device))  # (..., total, Dh / 2): shared by q and k
-            q = Rotation.apply(q, angles[..., total - length :, :])
-            k = Rotation.apply(k, angles)
-            if self.kind == "causal" and length > 1:
-                if length == total:
-                    is_causal = True  # lets the fused kernel skip the masked half
-                else:
-                    mask = torch.ones(length, total, dtype=torch.bool, device=x.device).tril(total - length)
+            k, v = self._self_keys_values(x, cache)  # (B, H, S_total, Dh): cached past, then the new S
+            q, k = self._rotate(q, k, v, valid)
+            if self.kind == "causal":
+                mask, is_causal = causal_mask(q.shape[2], k.shape[2], x.device)
         blend, temperature = self.blend()
-        out = attention(
-            q, k, v, mask, is_causal, blend, temperature, dropout=self.dropout if self.training else 0.0
-        )
-        return self.out_proj(out.transpose(1, 2).reshape(x.shape))
+        out = attention(q, k, v, mask, is_causal, blend, temperature, dropout=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(x.shape))  # (B, S, D)
+
+    def _rotate(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b)RoPE: key j at position j (plus its betweenness shift), the S queries at the last S positions.
+
+        Args: q (B, H, S, Dh); k, v (B, H, S_total, Dh); valid (B, S_total) bool or None.
+        Returns: rotated q and k, shapes unchanged.
+        """
+        total, length = k.shape[2], q.shape[2]
+        positions = torch.arange(total, device=q.device, dtype=torch.float32)  # (S_total,)
+        if self.betweenness is not None:
+            positions = positions + self.betweenness(v, causal=self.kind == "causal", valid=valid)  # (B, 1, S_total)
+        angles = rotary_angles(positions, self.inv_freq(q.device))  # (..., S_total, Dh / 2): shared by q and k
+        return Rotation.apply(q, angles[..., total - length :, :]), Rotation.apply(k, angles)
+
+    # Cache bookkeeping, apart from the maths: transformers' EncoderDecoderCache holds the decoder's
+    # past keys/values (self-attention) and the encoder's keys/values (cross-attention, computed once).
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) -> (B, H, S, Dh)."""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _self_keys_values(self, x: torch.Tensor, cache: EncoderDecoderCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of x (B, S, D), after the cached past ones: each (B, H, S_total, Dh)."""
+        k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+        if cache is not None:
+            k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
+        return k, v
+
+    def _cross_keys_values(
+        self, context: torch.Tensor, cache: EncoderDecoderCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the encoder states (B, T, D), projected once per clip: each (B, H, T, Dh)."""
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        k, v = self._split_heads(self.k_proj(context)), self._split_heads(self.v_proj(context))
+        if cache is not None:
+            k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
+        return k, v
+
+
+def causal_mask(length: int, total: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """The key mask for `length` queries at the last positions of `total`: (mask, is_causal).
+
+    A full square (no cache) is `is_causal`, which lets the fused kernel skip the masked half; one
+    new query sees every key; a block of new queries after a cached past gets an explicit
+    (length, total) lower-triangular mask.
+    """
+    if length == 1:
+        return None, False
+    if length == total:
+        return None, True
+    return torch.ones(length, total, dtype=torch.bool, device=device).tril(total - length), False
 
 
 # ---------------------------------------------------------------------------------------------- blocks
