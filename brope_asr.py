@@ -157,8 +157,9 @@ class BRoPEASRConfig(PreTrainedConfig):
         """
         presets = {
             # 25 encoder frames/s: 1.5x the training steps per second at equal WER; 448 decoder positions
-            # (as Whisper; RoPE has no position table) so a window of 8.9 s at 50 tokens/s fits any clip of data/
-            "small": dict(downsampling_factor=4, max_target_positions=448),
+            # (as Whisper; RoPE has no position table) so a window of 8.9 s at 50 tokens/s fits any clip of
+            # data/; per-clip mean removal: a real voice held out of training went from 55% to 37% WER
+            "small": dict(downsampling_factor=4, max_target_positions=448, normalize_features=True),
             "base": dict(
                 vocab_size=51865,
                 d_model=512,
