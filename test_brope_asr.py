@@ -1,7 +1,9 @@
 """Tests of brope_asr.py: each test is named after the property it checks and fails when it breaks.
 
 Run with `python -m pytest test_brope_asr.py -q`. Every model comes from `tiny_config` (width 32, one
-layer each side unless a test needs more), so the whole file runs in well under a minute of CPU.
+layer each side unless a test needs more), so the model tests take well under a minute; the script
+tests (train_hf.py runs, torchrun, the ablation grid, the benchmark, the pipeline in a fresh process)
+bring the whole file to about four minutes on 2 CPU cores.
 """
 
 import csv
@@ -1151,6 +1153,23 @@ def test_pipeline_gives_the_transcribe_text_for_a_file_an_array_and_a_batch(over
         asr(waveforms[0].numpy(), chunk_length_s=5, stride_length_s=1)
 
 
+def test_long_audio_report_joins_test_clips_and_scores_against_their_transcripts(overfit_model, tmp_path):
+    from tools import bench_brope_asr
+
+    model, tokenizer, paths, texts, _, _ = overfit_model
+    run = save_run(model, tokenizer, tmp_path / "run")
+    data = write_corpus(tmp_path / "data", [
+        {"file_name": str(path), "transcription": text, "split": "test"} for path, text in zip(paths, texts)
+    ])
+    report = bench_brope_asr.long_audio_report(str(run), minutes=(0.25,), data_dir=str(data), max_window_seconds=1.5)
+    header, rows = report.splitlines()[0], [line for line in report.splitlines() if line.startswith("| 0.")]
+    assert "windows of at most 1.5 s; 4 test clips, WER decoded one by one 0.00%" in header
+    (row,) = rows
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3] == "0.00%"  # its clips one by one: the reference is exactly their transcripts joined
+    assert int(cells[1]) >= 8 and float(cells[2].rstrip("%")) >= 0 and float(cells[4]) > 0
+
+
 def test_speech_windows_cut_in_the_middle_of_pauses_and_fit_the_limit():
     generator = torch.Generator().manual_seed(0)
     bursts = [torch.randn(int(seconds * SAMPLE_RATE), generator=generator) * 0.1 for seconds in (0.9, 1.3, 0.5, 1.1)]
@@ -1266,6 +1285,14 @@ def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
     assert [row["step"] for row in history] == ["2", "4"]
     assert set(history[0]) == set(train_hf.MetricsTable.COLUMNS)
     assert (output / "model.safetensors").exists() and (output / "checkpoint-4" / "model.safetensors").exists()
+    with open(output / "mixes.csv", newline="") as file:
+        mixes = list(csv.DictReader(file))
+    assert [row["step"] for row in mixes] == ["2", "4"]
+    for row in mixes:
+        assert -1 <= float(row["gate_value"]) <= 1 and 0 <= float(row["blend_logit_value"]) <= 1
+        assert 1 <= float(row["log_temperature_value"]) <= 100 and 0 <= float(row["input_blend_logit_value"]) <= 1
+        assert all(0 <= float(row[f"{kind}_consistency"]) <= 1 + 1e-6 for kind in train_hf.MIXES)
+        assert float(row["other_step_size"]) > 0 and float(row["gate_step_size"]) > 0
     test_file = next(row["file_name"] for row in rows if row["split"] == "test")
     result = subprocess.run(
         [sys.executable, "brope_asr.py", "transcribe", "--model", str(output), test_file],
@@ -1274,6 +1301,23 @@ def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith(f"{test_file}\t")
+
+
+def test_learned_mixes_get_their_own_optimizer_group_without_weight_decay(tmp_path):
+    model = BRoPEASRForConditionalGeneration(tiny_config(**ALL_FEATURES))
+    arguments = transformers.Seq2SeqTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1,
+                                                      use_cpu=True, report_to="none")
+    trainer = train_hf.ASRTrainer(model=model, args=arguments)
+    trainer.mix_learning_rate_scale = 10.0
+    groups = trainer.create_optimizer().param_groups
+    mixes = {id(p) for p in train_hf.mix_parameters(model).values()}
+    kinds = {name.rsplit(".", 1)[-1] for name in train_hf.mix_parameters(model)}
+    assert kinds == set(train_hf.MIXES)  # every kind of mix is found by name
+    (mix_group,) = [group for group in groups if {id(p) for p in group["params"]} & mixes]
+    assert {id(p) for p in mix_group["params"]} == mixes
+    assert mix_group["weight_decay"] == 0.0 and mix_group["lr"] == pytest.approx(1e-2)
+    assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
+    assert any(group["weight_decay"] == 0.1 for group in groups)
 
 
 def test_train_hf_accepts_a_saved_tokenizer(tmp_path):

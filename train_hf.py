@@ -508,8 +508,37 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf; the run stops before saving a broken model."""
 
 
+MIXES = ("gate", "blend_logit", "log_temperature", "input_blend_logit")  # the learned mixes' parameter names
+
+
+def mix_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The learned mixes (betweenness gates, attention blends and temperatures, the input blend) by full name."""
+    return {name: p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in MIXES}
+
+
 class ASRTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer that stops on a non-finite loss, naming the step, instead of training on."""
+    """Seq2SeqTrainer that stops on a non-finite loss, naming the step, instead of training on, and
+    gives the learned mixes their own optimizer group: no weight decay (decay would pull each mix
+    toward "off") and the learning rate times `mix_learning_rate_scale`.
+    """
+
+    mix_learning_rate_scale = 1.0
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = model or self.model
+            mixes = mix_parameters(model)
+            decay = set(self.get_decay_parameter_names(model)) - set(mixes)
+            named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+            groups = [
+                {"params": [p for name, p in named if name in decay], "weight_decay": self.args.weight_decay},
+                {"params": [p for name, p in named if name not in decay and name not in mixes], "weight_decay": 0.0},
+                {"params": list(mixes.values()), "weight_decay": 0.0,
+                 "lr": self.args.learning_rate * self.mix_learning_rate_scale},
+            ]
+            optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_class([group for group in groups if group["params"]], **optimizer_kwargs)
+        return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -628,6 +657,95 @@ class MetricsTable(TrainerCallback):
         plt.close(figure)
 
 
+class MixTracker(TrainerCallback):
+    """How the learned mixes move, every `every` steps: their values, how consistent the sign of their
+    gradient is, and how far they and the other weights move per step. Written to `mixes.csv`
+    (and plotted in `mixes.png` when matplotlib is installed).
+
+    Per kind of mix (betweenness gate tanh(g), attention blend sigmoid(b), temperature exp(t), input
+    blend sigmoid(l)), over each window of `every` steps: `value`, the mean over layers and heads at
+    the window's end; `consistency` = |sum of gradients| / sum of |gradients| (1: every step pushed
+    the same way; near 0: the pushes cancel, so Adam's updates, about the learning rate each, walk
+    randomly); `step_size`, the mean |change| of the raw parameter per step. `other_step_size`: the
+    same for every other weight, the yardstick.
+    """
+
+    VALUES = {"gate": torch.tanh, "blend_logit": torch.sigmoid, "log_temperature": torch.exp, "input_blend_logit": torch.sigmoid}
+
+    def __init__(self, every: int = 50):
+        self.every, self.rows = every, []
+        self.grad_sum, self.grad_abs, self.start = {}, {}, {}
+
+    @staticmethod
+    def kind(name: str) -> str:
+        return name.rsplit(".", 1)[-1]
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.snapshot(model)
+
+    def snapshot(self, model):
+        self.start = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        self.grad_sum, self.grad_abs = {}, {}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        for name, p in mix_parameters(model).items():
+            if p.grad is not None:
+                kind = self.kind(name)
+                self.grad_sum[kind] = self.grad_sum.get(kind, 0.0) + p.grad.detach().clone()
+                self.grad_abs[kind] = self.grad_abs.get(kind, 0.0) + p.grad.detach().abs()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every:
+            return
+        mixes = mix_parameters(model)
+        row = {"step": state.global_step}
+        moved = {name: (p.detach() - self.start[name]).abs() / self.every for name, p in model.named_parameters() if name in self.start}
+        for kind in MIXES:
+            names = [name for name in mixes if self.kind(name) == kind]
+            if not names:
+                continue
+            row[f"{kind}_value"] = torch.cat([self.VALUES[kind](mixes[n].detach()).flatten() for n in names]).mean().item()
+            if kind in self.grad_sum:
+                row[f"{kind}_consistency"] = (self.grad_sum[kind].abs().sum() / self.grad_abs[kind].sum().clamp(min=1e-30)).item()
+            row[f"{kind}_step_size"] = torch.cat([moved[n].flatten() for n in names]).mean().item()
+        others = [moved[name].flatten() for name in moved if name not in mixes]
+        row["other_step_size"] = torch.cat(others).mean().item()
+        self.rows.append(row)
+        self.snapshot(model)
+
+    def save(self, path: Path):
+        if not self.rows:
+            return
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        with open(path / "mixes.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        kinds = [kind for kind in MIXES if f"{kind}_value" in columns]
+        figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+        steps = [row["step"] for row in self.rows]
+        for kind in kinds:
+            axes[0].plot(steps, [row[f"{kind}_value"] for row in self.rows], label=kind)
+            axes[1].plot(steps, [row.get(f"{kind}_consistency", float("nan")) for row in self.rows], label=kind)
+            axes[2].plot(steps, [row[f"{kind}_step_size"] for row in self.rows], label=kind)
+        axes[2].plot(steps, [row["other_step_size"] for row in self.rows], label="other weights", color="black")
+        axes[0].set(xlabel="step", title="value (tanh gate, sigmoid blends, exp temperature)")
+        axes[1].set(xlabel="step", title="gradient sign consistency |sum g| / sum |g|")
+        axes[2].set(xlabel="step", yscale="log", title="mean |change| per step")
+        for axis in axes:
+            axis.legend()
+        figure.tight_layout()
+        figure.savefig(path / "mixes.png", dpi=100)
+        plt.close(figure)
+
+
 def parse_augmentations(spec: str) -> tuple[str, ...]:
     """--augment's value ("all", "none", or names joined by commas) -> the augmentation names."""
     if spec == "all":
@@ -675,6 +793,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--max-steps", type=int, default=2500)
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=2e-3)
+    train.add_argument("--mix-learning-rate-scale", type=float, default=1.0,
+                       help="learning rate of the learned mixes (gates, blends, temperatures) relative to the rest")
     train.add_argument("--warmup-steps", type=int, default=100)
     train.add_argument("--eval-steps", type=int, default=500, help="evaluate (and checkpoint) every this many steps")
     train.add_argument("--num-beams", type=int, default=1, help="beam width for evaluation decoding")
@@ -762,7 +882,7 @@ def main(argv=None) -> dict:
     )
     torch.manual_seed(args.seed)  # the model is built before Trainer seeds
     model = BRoPEASRForConditionalGeneration(config)
-    table = MetricsTable()
+    table, tracker = MetricsTable(), MixTracker(every=min(50, args.eval_steps))
     trainer = ASRTrainer(
         model=model,
         args=training_args,
@@ -771,8 +891,9 @@ def main(argv=None) -> dict:
         data_collator=collator,
         processing_class=BRoPEASRProcessor(BRoPEASRFeatureExtractor.from_model_config(config), tokenizer),
         compute_metrics=metrics_function(tokenizer),
-        callbacks=[table],
+        callbacks=[table, tracker] if mix_parameters(model) else [table],
     )
+    trainer.mix_learning_rate_scale = args.mix_learning_rate_scale
     if trainer.is_world_process_zero():
         model.initialization_report()
         counts = ", ".join(f"{key} {len(split)}" for key, split in prepared.items())
@@ -797,6 +918,7 @@ def main(argv=None) -> dict:
         model.eval()
         results.update({f"false_words_per_minute_{kind}": rate for kind, rate in false_words_per_minute(model, tokenizer).items()})
         table.save(output_dir)
+        tracker.save(output_dir)
         print(f"learned blends: {model.learned_blends()}; training time {elapsed:.0f} s; "
               f"best validation WER at step {results['best_step']} (the model saved and tested)")
         print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")

@@ -761,7 +761,9 @@ def render(rows: list[Row], header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def long_audio_report(run_dir: str, minutes: tuple[float, ...] = (1, 5, 20), data_dir: str = "data") -> str:
+def long_audio_report(
+    run_dir: str, minutes: tuple[float, ...] = (1, 5, 20), data_dir: str = "data", max_window_seconds: float | None = None
+) -> str:
     """Transcribe recordings of `minutes` joined from the test split's clips; a markdown table.
 
     Each recording cycles through the test clips in a seeded order, each followed by a pause of
@@ -779,8 +781,9 @@ def long_audio_report(run_dir: str, minutes: tuple[float, ...] = (1, 5, 20), dat
     texts = [" ".join(row["transcription"].lower().split()) for row in rows]
     generator = torch.Generator().manual_seed(SEED)
     alone = transcribe(model, tokenizer, clips)
+    window = min(window_seconds(model.config), max_window_seconds or math.inf)
     lines = [
-        f"model {run_dir}: windows of at most {window_seconds(model.config):.1f} s; {len(clips)} test clips, "
+        f"model {run_dir}: windows of at most {window:.1f} s; {len(clips)} test clips, "
         f"WER decoded one by one {100 * word_error_rate(alone, texts):.2f}%",
         "",
         "| recording | windows | WER | WER of its clips one by one | real-time factor | peak memory |",
@@ -799,11 +802,11 @@ def long_audio_report(run_dir: str, minutes: tuple[float, ...] = (1, 5, 20), dat
         recording = torch.cat(parts)
         progress(f"long audio: {length} min, {len(order)} clips")
         started = time.perf_counter()
-        text = transcribe(model, tokenizer, [recording])[0]
+        text = transcribe(model, tokenizer, [recording], max_window_seconds=window)[0]
         elapsed = time.perf_counter() - started
         reference = " ".join(texts[i] for i in order)
         one_by_one = " ".join(alone[i] for i in order if alone[i])
-        windows = len(speech_windows(recording, int(window_seconds(model.config) * SAMPLE_RATE)))
+        windows = len(speech_windows(recording, int(window * SAMPLE_RATE)))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         lines.append(
             f"| {len(recording) / SAMPLE_RATE / 60:.1f} min ({len(order)} clips) | {windows} | "
@@ -824,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda adds the GPU column (bf16)")
     parser.add_argument("--out", default=None, help="also write the report to this markdown file")
     parser.add_argument("--long-audio", metavar="RUN_DIR", help="instead: long recordings through this trained model")
+    parser.add_argument("--window-seconds", type=float, help="with --long-audio: the longest window (default: the model's)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
@@ -832,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # Whisper's generate warns about its defaults on every call
     if args.long_audio:
-        report = long_audio_report(args.long_audio)
+        report = long_audio_report(args.long_audio, max_window_seconds=args.window_seconds)
         print(report)
         if args.out:
             Path(args.out).write_text(report + "\n")
