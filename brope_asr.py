@@ -1298,21 +1298,26 @@ def window_seconds(config: BRoPEASRConfig) -> float:
 
 
 def speech_windows(
-    waveform: torch.Tensor, max_samples: int, margin: int = SAMPLE_RATE // 10
+    waveform: torch.Tensor,
+    max_samples: int,
+    margin: int = SAMPLE_RATE // 10,
+    min_pause: int = 3 * SAMPLE_RATE // 10,
 ) -> list[tuple[int, int]]:
     """Where to cut a recording into windows of at most `max_samples`, so that no word is cut.
 
-    A clip that fits is one window. Otherwise, from the start of what is left, the cut goes in the
-    longest quiet run among the frames from a quarter to all of the window (10-ms frames quieter than
-    30% of the way from the recording's 5th-percentile energy to its peak, in dB): the window ends
-    `margin` samples into that pause and the next one starts `margin` samples before its end (at the
-    pause's middle if it is shorter than two margins), so the rest of the pause is skipped. With no
-    quiet frame in reach, the cut goes at the quietest frame. A window of pause alone is dropped.
+    A clip that fits is one window. A longer one is cut first in every pause of at least
+    `min_pause` (one utterance per window, as the model was trained; training strings pause at most
+    0.25 s between words), then, where a stretch is still too long, in the longest pause within
+    reach (from a quarter to all of the window), or at the quietest frame if there is none. Pauses
+    are runs of 10-ms frames quieter than 30% of the way from the recording's 5th-percentile energy
+    to its peak, in dB. Each side of a cut keeps `margin` samples of its pause (half the pause if it
+    is shorter than two margins); the rest of the pause, and any window of pause alone, is skipped.
 
     Args:
         waveform: (N,) samples at 16 kHz.
         max_samples: the longest window, in samples (at least 4 frames).
         margin: samples of pause kept on each side of a cut.
+        min_pause: samples of quiet that always end an utterance.
     Returns:
         [(start, end), ...] sample spans in order, each at most `max_samples` long.
     """
@@ -1326,34 +1331,46 @@ def speech_windows(
     peak = float(energy.max())
     floor = max(float(energy.quantile(0.05)), peak - 80.0)
     quiet = (energy < floor + 0.3 * (peak - floor)).tolist()
-    windows, start = [], 0
-    while total - start > max_samples:
-        first, last = (start + max_samples // 4) // HOP_LENGTH, (start + max_samples) // HOP_LENGTH  # frames in reach
-        best, best_length, frame = None, 0, first
-        while frame < last:  # the longest quiet run in reach (the latest among equals)
-            if not quiet[frame]:
-                frame += 1
-                continue
+    pauses, frame = [], 0  # quiet runs, in frames [start, end)
+    while frame < len(quiet):
+        if quiet[frame]:
             run_start = frame
-            while frame < last and quiet[frame]:
+            while frame < len(quiet) and quiet[frame]:
                 frame += 1
-            if frame - run_start >= best_length:
-                best, best_length = run_start, frame - run_start
-        if best is None:  # no pause in reach: cut at the quietest frame
-            cut = (first + int(energy[first:last].argmin())) * HOP_LENGTH
-            windows.append((start, cut))
-            start = cut
-            continue
-        pause_start, pause_end = best, best + best_length
-        while pause_end < len(quiet) and quiet[pause_end]:  # the pause as a whole, past the reach
-            pause_end += 1
-        pause_start, pause_end = pause_start * HOP_LENGTH, min(pause_end * HOP_LENGTH, total)
+            pauses.append((run_start, frame))
+        else:
+            frame += 1
+
+    def cut(pause_start: int, pause_end: int, limit: int) -> tuple[int, int]:
+        """A cut in the pause [pause_start, pause_end) (samples): where this window ends, where the next starts."""
         middle = (pause_start + pause_end) // 2
-        end = min(pause_start + margin, middle, start + max_samples)
-        windows.append((start, end))
-        start = max(pause_end - margin, middle, end)
-    windows.append((start, total))
-    # A window of pause alone (the tail of a recording that ends in silence) holds nothing to hear.
+        end = min(pause_start + margin, middle, limit)
+        return end, max(pause_end - margin, middle, end)
+
+    windows, start = [], 0
+    for run_start, run_end in pauses + [(len(quiet), len(quiet))]:  # the sentinel closes the last stretch
+        pause_start, pause_end = run_start * HOP_LENGTH, min(run_end * HOP_LENGTH, total)
+        if pause_end - pause_start < min_pause and run_start < len(quiet):
+            continue
+        stretch_end = pause_start if run_start < len(quiet) else total
+        while stretch_end - start > max_samples:  # too long for one window: cut at the best pause in reach
+            first, last = (start + max_samples // 4) // HOP_LENGTH, (start + max_samples) // HOP_LENGTH
+            inside = [(max(a, first), min(b, last)) for a, b in pauses if a < last and b > first]
+            if inside:
+                a, b = max(inside, key=lambda run: (run[1] - run[0], run[0]))  # the longest, the latest among equals
+                whole = next(run for run in pauses if run[0] <= a and run[1] >= b)  # the pause it belongs to
+                end, next_start = cut(whole[0] * HOP_LENGTH, min(whole[1] * HOP_LENGTH, total), start + max_samples)
+            else:
+                end = next_start = (first + int(energy[first:last].argmin())) * HOP_LENGTH
+            windows.append((start, end))
+            start = next_start
+        if run_start == len(quiet):
+            windows.append((start, total))
+        else:
+            end, next_start = cut(pause_start, pause_end, start + max_samples)
+            windows.append((start, end))
+            start = next_start
+    # A window of pause alone (a recording's silent start or end) holds nothing to hear.
     return [(a, b) for a, b in windows if b - a >= N_FFT and not all(quiet[a // HOP_LENGTH : -(-b // HOP_LENGTH)])]
 
 

@@ -1187,6 +1187,19 @@ def test_speech_windows_cut_in_the_middle_of_pauses_and_fit_the_limit():
     assert all(end - start <= limit and end == next_start for (start, end), (next_start, _) in zip(cut, cut[1:]))
 
 
+def test_speech_windows_end_an_utterance_at_every_long_pause_and_keep_short_gaps():
+    generator = torch.Generator().manual_seed(1)
+    word = lambda: torch.randn(int(0.4 * SAMPLE_RATE), generator=generator) * 0.1  # noqa: E731
+    gap, pause = torch.zeros(int(0.2 * SAMPLE_RATE)), torch.zeros(int(0.5 * SAMPLE_RATE))
+    utterances = [torch.cat([word(), gap, word(), gap, word()]) for _ in range(4)]  # 1.6 s each, 0.2-s gaps
+    recording = torch.cat([part for u in utterances for part in (u, pause)])
+    margin = SAMPLE_RATE // 10
+    assert brope_asr.speech_windows(recording, len(recording), margin) == [(0, len(recording))]  # it fits: one
+    windows = brope_asr.speech_windows(recording, 5 * SAMPLE_RATE, margin)  # three utterances would fit in one
+    starts = [i * (len(utterances[0]) + len(pause)) for i in range(4)]
+    assert windows == [(max(0, s - margin), s + len(utterances[0]) + margin) for s in starts]
+
+
 def test_a_minute_long_recording_is_transcribed_in_windows_as_its_clips_are(overfit_model, tmp_path):
     model, tokenizer, _, texts, waveforms, _ = overfit_model
     recording, order = joined_recording(waveforms, 60, pause=0.6)

@@ -17,7 +17,7 @@ the machine that ran them even where the absolute numbers do not carry over. The
 6. With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast.
 
 `--long-audio RUN_DIR` measures something else, on a trained model: recordings of 1, 5 and 20
-minutes made by joining the test split's clips (seeded order, pauses of 0.3-0.7 s of silence) are
+minutes made by joining the test split's clips (`--split` another) (seeded order, pauses of 0.3-0.7 s of silence) are
 transcribed by `transcribe` in windows cut at pauses; it prints WER against the joined transcripts,
 the WER of the same clips decoded one by one, the real-time factor and the process's peak memory.
 
@@ -762,7 +762,11 @@ def render(rows: list[Row], header: list[str]) -> str:
 
 
 def long_audio_report(
-    run_dir: str, minutes: tuple[float, ...] = (1, 5, 20), data_dir: str = "data", max_window_seconds: float | None = None
+    run_dir: str,
+    minutes: tuple[float, ...] = (1, 5, 20),
+    data_dir: str = "data",
+    max_window_seconds: float | None = None,
+    split: str = "test",
 ) -> str:
     """Transcribe recordings of `minutes` joined from the test split's clips; a markdown table.
 
@@ -776,14 +780,14 @@ def long_audio_report(
     model = BRoPEASRForConditionalGeneration.from_pretrained(run_dir).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
     with open(Path(data_dir) / "metadata.csv", newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row["split"] == "test"]
+        rows = [row for row in csv.DictReader(file) if row["split"] == split]
     clips = [load_audio(str(Path(data_dir) / row["file_name"])) for row in rows]
     texts = [" ".join(row["transcription"].lower().split()) for row in rows]
     generator = torch.Generator().manual_seed(SEED)
     alone = transcribe(model, tokenizer, clips)
     window = min(window_seconds(model.config), max_window_seconds or math.inf)
     lines = [
-        f"model {run_dir}: windows of at most {window:.1f} s; {len(clips)} test clips, "
+        f"model {run_dir}: windows of at most {window:.1f} s; {len(clips)} {split} clips, "
         f"WER decoded one by one {100 * word_error_rate(alone, texts):.2f}%",
         "",
         "| recording | windows | WER | WER of its clips one by one | real-time factor | peak memory |",
@@ -828,6 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write the report to this markdown file")
     parser.add_argument("--long-audio", metavar="RUN_DIR", help="instead: long recordings through this trained model")
     parser.add_argument("--window-seconds", type=float, help="with --long-audio: the longest window (default: the model's)")
+    parser.add_argument("--split", default="test", help="with --long-audio: the split whose clips are joined")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
@@ -836,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # Whisper's generate warns about its defaults on every call
     if args.long_audio:
-        report = long_audio_report(args.long_audio, max_window_seconds=args.window_seconds)
+        report = long_audio_report(args.long_audio, max_window_seconds=args.window_seconds, split=args.split)
         print(report)
         if args.out:
             Path(args.out).write_text(report + "\n")
