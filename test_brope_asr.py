@@ -1298,6 +1298,9 @@ def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
     assert [row["step"] for row in history] == ["2", "4"]
     assert set(history[0]) == set(train_hf.MetricsTable.COLUMNS)
     assert (output / "model.safetensors").exists() and (output / "checkpoint-4" / "model.safetensors").exists()
+    assert (output / "brope_asr.py").exists() and (output / "processor_config.json").exists()
+    processor = transformers.AutoProcessor.from_pretrained(output)  # saved with the model, found by AutoProcessor
+    assert isinstance(processor, brope_asr.BRoPEASRProcessor) and processor.feature_extractor.input_mode == "both"
     with open(output / "mixes.csv", newline="") as file:
         mixes = list(csv.DictReader(file))
     assert [row["step"] for row in mixes] == ["2", "4"]

@@ -609,6 +609,22 @@ def metrics_function(tokenizer):
     return compute
 
 
+def write_csv(path: Path, rows: list[dict], columns):
+    """Write `rows` as CSV; return matplotlib.pyplot (headless) for a figure beside it, or None without matplotlib."""
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 class MetricsTable(TrainerCallback):
     """Prints one table row per evaluation (the original's columns plus CER) and keeps the history."""
 
@@ -633,16 +649,8 @@ class MetricsTable(TrainerCallback):
 
     def save(self, path: Path):
         """Write the history as CSV, and as a PNG of loss and WER curves when matplotlib is installed."""
-        with open(path / "metrics.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        plt = write_csv(path / "metrics.csv", self.rows, self.COLUMNS)
+        if plt is None:
             return
         steps = [row["step"] for row in self.rows]
         figure, (losses, wer) = plt.subplots(1, 2, figsize=(10, 4))
@@ -717,16 +725,8 @@ class MixTracker(TrainerCallback):
         if not self.rows:
             return
         columns = list(dict.fromkeys(key for row in self.rows for key in row))
-        with open(path / "mixes.csv", "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
+        plt = write_csv(path / "mixes.csv", self.rows, columns)
+        if plt is None:
             return
         kinds = [kind for kind in MIXES if f"{kind}_value" in columns]
         figure, axes = plt.subplots(1, 3, figsize=(14, 4))
