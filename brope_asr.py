@@ -1565,10 +1565,9 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             # (1, n) samples and (1,) their count: the pipeline's batching pads the first and stacks the second
             yield {"is_last": i == len(windows) - 1, "samples": audio[None, start:end], "num_samples": torch.tensor([end - start])}
 
-    def _forward(self, model_inputs, **generate_kwargs):
+    def _forward(self, model_inputs, return_timestamps=False, return_language=None, **generate_kwargs):
         if not self.is_brope:
-            return super()._forward(model_inputs, **generate_kwargs)
-        generate_kwargs.pop("return_timestamps", None), generate_kwargs.pop("return_language", None)
+            return super()._forward(model_inputs, return_timestamps, return_language, **generate_kwargs)
         samples, counts = model_inputs.pop("samples"), model_inputs.pop("num_samples")
         clips = [row[:count] for row, count in zip(samples.float().cpu(), counts.tolist())]
         inputs = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt").to(self.device)

@@ -1336,6 +1336,23 @@ def test_learned_mixes_get_their_own_optimizer_group_without_weight_decay(tmp_pa
     assert any(group["weight_decay"] == 0.1 for group in groups)
 
 
+def test_held_out_speaker_leaves_training_and_validation_and_replaces_the_test_split(tmp_path):
+    table = read_metadata()
+    fsdd = [{**row, "file_name": str(DATA / row["file_name"])} for row in table if row["source"] == "fsdd"]
+    rows = [row for split in ("train", "validation", "test") for speaker in sorted({r["speaker"] for r in fsdd})
+            for row in [r for r in fsdd if r["split"] == split and r["speaker"] == speaker][:2]]
+    speaker = next(row["speaker"] for row in rows if row["split"] == "train")
+    data = write_corpus(tmp_path / "data", rows)
+    splits = train_hf.load_splits(train_hf.parse_args(["--data-dir", str(data), "--hold-out-speaker", speaker]))
+    expected = sorted(row["file_name"] for row in rows if row["speaker"] == speaker and row["split"] != "test")
+    assert sorted(list(splits["test"]["audio"])) == expected and expected
+    assert speaker not in list(splits["train"]["speaker"]) + list(splits["validation"]["speaker"])
+    test_files = {row["file_name"] for row in rows if row["split"] == "test"}
+    assert test_files and not test_files & set(splits["test"]["audio"])  # the real test split is not read
+    with pytest.raises(ValueError, match="nobody"):
+        train_hf.load_splits(train_hf.parse_args(["--data-dir", str(data), "--hold-out-speaker", "nobody"]))
+
+
 def test_train_hf_accepts_a_saved_tokenizer(tmp_path):
     data, _ = small_corpus(tmp_path / "data", train=4, validation=2, test=0)
     train_hf.build_tokenizer(["zero one two three four five six seven eight nine"]).save_pretrained(tmp_path / "tok")

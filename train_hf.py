@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Audio, Dataset, load_dataset
+from datasets import Audio, Dataset, concatenate_datasets, load_dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoTokenizer,
@@ -134,10 +134,25 @@ def load_splits(args) -> dict[str, Dataset]:
             if column not in extra:
                 split = split.add_column(column, [""] * len(split))
         splits[key] = split
+    if args.hold_out_speaker:
+        splits = hold_out_speaker(splits, args.hold_out_speaker)
     for key in ("train", "validation"):
         if key not in splits or len(splits[key]) == 0:
             raise ValueError(f"the {key} split ({names.get(key)!r}) is missing or empty")
     return {key: split for key, split in splits.items() if len(split)}
+
+
+def hold_out_speaker(splits: dict[str, Dataset], speaker: str) -> dict[str, Dataset]:
+    """Move every training and validation clip of `speaker` into the final split, in place of the test split.
+
+    A person the model never hears, chosen from the training people: what helps with unseen voices
+    can then be measured without reading the test split, which is dropped unread.
+    """
+    held = [split.filter(lambda row: row["speaker"] == speaker) for key, split in splits.items() if key != "test"]
+    if not sum(len(split) for split in held):
+        raise ValueError(f"--hold-out-speaker {speaker}: no training or validation clip has that speaker")
+    kept = {key: split.filter(lambda row: row["speaker"] != speaker) for key, split in splits.items() if key != "test"}
+    return {**kept, "test": concatenate_datasets(held)}
 
 
 def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, skip_bad: bool) -> Dataset:
@@ -778,6 +793,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--train-split", default="train")
     data.add_argument("--eval-split", default="validation")
     data.add_argument("--test-split", default="test", help="empty to skip the final test")
+    data.add_argument("--hold-out-speaker", help="train and validate without this speaker and test on all their clips "
+                      "instead of the test split (which is not read)")
     data.add_argument("--text-column", default="text")
     data.add_argument("--audio-column", default="audio")
     data.add_argument("--tokenizer", help="bpe:N trains a byte-level BPE of at most N tokens on the training transcripts; "
