@@ -1519,6 +1519,16 @@ class BRoPEASRProcessor(ProcessorMixin):
         return self.tokenizer.decode(*args, **kwargs)
 
 
+def mono(samples) -> torch.Tensor:
+    """(N,), or (C, N) / (N, C) with the channels on the shorter axis -> (N,) float32, channels averaged."""
+    samples = torch.as_tensor(np.asarray(samples, dtype=np.float32))
+    if samples.dim() == 2:
+        samples = samples.mean(0 if samples.shape[0] <= samples.shape[1] else 1)
+    if samples.dim() != 1:
+        raise ValueError(f"audio must be (samples,) or (channels, samples), got shape {tuple(samples.shape)}")
+    return samples
+
+
 class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     """transformers' "automatic-speech-recognition" pipeline, reading brope-asr models as `transcribe` does.
 
@@ -1554,10 +1564,9 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             samples = inputs.get("raw", inputs.get("array"))
             if samples is None or "sampling_rate" not in inputs:
                 raise ValueError('a dict input needs "raw" (or "array") samples and their "sampling_rate"')
-            samples = torch.as_tensor(np.asarray(samples, dtype=np.float32))
-            audio = check_audio(resample(samples if samples.dim() == 1 else samples.mean(0), inputs["sampling_rate"]), "audio")
+            audio = check_audio(resample(mono(samples), inputs["sampling_rate"]), "audio")
         else:
-            audio = check_audio(torch.as_tensor(np.asarray(inputs, dtype=np.float32)), "audio")
+            audio = check_audio(mono(inputs), "audio")
         longest = window_seconds(self.model.config)
         seconds = min(chunk_length_s, longest) if chunk_length_s else longest
         windows = speech_windows(audio, int(seconds * SAMPLE_RATE))

@@ -1,8 +1,8 @@
 """Tests of brope_asr.py: each test is named after the property it checks and fails when it breaks.
 
 Run with `python -m pytest test_brope_asr.py -q`. Every model comes from `tiny_config` (width 32, one
-layer each side unless a test needs more), so the model tests take well under a minute; the script
-tests (train_hf.py runs, torchrun, the ablation grid, the benchmark, the pipeline in a fresh process)
+layer each side unless a test needs more), so the model tests take well under a minute (`pytest -m "not slow"`); the script
+tests, marked `slow` (train_hf.py runs, torchrun, the ablation grid, the benchmark, subprocesses),
 bring the whole file to about four minutes on 2 CPU cores.
 """
 
@@ -1053,6 +1053,7 @@ def test_overfits_four_clips_and_transcribes_them_back(overfit_model):
     assert brope_asr.word_error_rate(brope_asr.transcribe(model, tokenizer, waveforms), texts) == 0.0
 
 
+@pytest.mark.slow
 def test_transcribe_cli_prints_good_files_and_names_bad_ones(overfit_model, tmp_path):
     model, tokenizer, paths, texts, waveforms, _ = overfit_model
     model_dir = tmp_path / "model"
@@ -1113,6 +1114,7 @@ def test_feature_extractor_gives_batch_inputs_and_resamples(overfit_model):
         features([waveforms[0], torch.full((800,), float("nan"))], sampling_rate=SAMPLE_RATE)
 
 
+@pytest.mark.slow
 def test_auto_classes_and_pipeline_load_a_run_in_a_process_that_never_imported_brope_asr(overfit_model, tmp_path):
     model, tokenizer, paths, texts, _, _ = overfit_model
     run = save_run(model, tokenizer, tmp_path / "run")
@@ -1144,6 +1146,7 @@ def test_pipeline_gives_the_transcribe_text_for_a_file_an_array_and_a_batch(over
     assert isinstance(asr, brope_asr.SpeechRecognitionPipeline)
     assert asr(str(paths[0]))["text"] == brope_asr.transcribe(model, tokenizer, [waveforms[0]])[0] == texts[0]
     assert asr(waveforms[1].numpy())["text"] == texts[1]
+    assert asr(torch.stack([waveforms[1], waveforms[1]]).numpy())["text"] == texts[1]  # stereo: channels averaged
     at_8k = brope_asr.resample(waveforms[2], SAMPLE_RATE, 8000).numpy()
     expected = brope_asr.transcribe(model, tokenizer, [brope_asr.resample(at_8k, 8000)])[0]
     assert asr({"raw": at_8k, "sampling_rate": 8000})["text"] == expected
@@ -1288,6 +1291,7 @@ def test_collator_pads_to_the_longest_clip_and_augments_only_marked_rows():
     assert not torch.equal(augmented["waveform"], batch["waveform"][:, : augmented["waveform"].shape[1]])
 
 
+@pytest.mark.slow
 def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
     data, rows = small_corpus(tmp_path / "data")
     output = tmp_path / "run"
@@ -1353,6 +1357,7 @@ def test_held_out_speaker_leaves_training_and_validation_and_replaces_the_test_s
         train_hf.load_splits(train_hf.parse_args(["--data-dir", str(data), "--hold-out-speaker", "nobody"]))
 
 
+@pytest.mark.slow
 def test_train_hf_accepts_a_saved_tokenizer(tmp_path):
     data, _ = small_corpus(tmp_path / "data", train=4, validation=2, test=0)
     train_hf.build_tokenizer(["zero one two three four five six seven eight nine"]).save_pretrained(tmp_path / "tok")
@@ -1361,6 +1366,7 @@ def test_train_hf_accepts_a_saved_tokenizer(tmp_path):
     assert saved.get_vocab() == transformers.PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok").get_vocab()
 
 
+@pytest.mark.slow
 def test_train_hf_trains_with_a_bpe_tokenizer_that_transcribe_reads(tmp_path):
     data, rows = small_corpus(tmp_path / "data", train=4, validation=2, test=0)
     run_train(data, tmp_path / "run", "--tokenizer", "bpe:280", "--max-steps", "1", "--test-split", "")
@@ -1390,6 +1396,7 @@ def bad_rows(folder: Path) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_bad_rows_are_skipped_with_a_warning_that_counts_and_names_them(tmp_path):
     _, rows = small_corpus(tmp_path / "data", train=6, validation=2, test=0)
     rows[-1]["transcription"] += " ?"  # a validation character the training transcripts lack
@@ -1432,6 +1439,7 @@ def test_non_finite_loss_stops_training_naming_the_step_without_saving(tmp_path)
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_resumed_run_reaches_the_same_final_step_and_metrics(tmp_path, monkeypatch):
     data, _ = small_corpus(tmp_path / "data", train=8, validation=2, test=2)
     whole = run_train(data, tmp_path / "whole")
@@ -1451,6 +1459,7 @@ def test_resumed_run_reaches_the_same_final_step_and_metrics(tmp_path, monkeypat
     assert model.num_parameters() > 0
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_metrics(tmp_path):
     data, _ = small_corpus(tmp_path / "data", train=8, validation=2, test=2)
     first = run_train(data, tmp_path / "a", "--seed", "3")
@@ -1462,6 +1471,7 @@ def test_same_seed_gives_the_same_metrics(tmp_path):
     assert (tmp_path / "a" / "metrics.csv").read_text() == (tmp_path / "b" / "metrics.csv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blend", ["--no-blend-attention", "--blend-attention"])
 @pytest.mark.parametrize("betweenness", ["--no-betweenness", "--betweenness"])
 @pytest.mark.parametrize("input_mode", INPUT_MODES)
@@ -1488,6 +1498,7 @@ def test_two_process_torchrun_trains_and_saves_a_loadable_model(tmp_path, input_
     assert model.config.input_mode == toggles[1]
 
 
+@pytest.mark.slow
 def test_ablation_grid_trains_each_run_once_and_writes_its_table(tmp_path, monkeypatch):
     from tools import ablate
 
@@ -1552,6 +1563,7 @@ def test_silent_clip_gives_finite_features_and_decodes(overfit_model):
     assert isinstance(brope_asr.transcribe(model, tokenizer, [silence])[0], str)
 
 
+@pytest.mark.slow
 def test_benchmark_quick_run_prints_one_table_with_every_row():
     result = subprocess.run(
         [sys.executable, "-m", "tools.bench_brope_asr", "--quick", "--threads", "1"],
@@ -1726,6 +1738,7 @@ def test_augment_option_names_each_augmentation_or_all_or_none():
         train_hf.parse_augmentations("speed,echo")
 
 
+@pytest.mark.slow
 def test_training_with_empty_labelled_non_speech_teaches_silence_for_noise_tones_and_silence():
     torch.manual_seed(0)
     spoken = {}  # two real recordings of different words, from the shipped training split
