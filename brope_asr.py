@@ -68,6 +68,7 @@ __all__ = [
     "resample",
     "load_audio",
     "batch_inputs",
+    "lengths_to_mask",
     "apply_rotary",
     "rotary_angles",
     "rotary_cos_sin",
