@@ -647,7 +647,7 @@ class Attention(nn.Module):
         self.log_temperature = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
         self.max_temperature = config.attention_max_temperature
 
-    def blend(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    def blend_and_temperature(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         """The blend factor b in [0, 1] and cosine temperature tau in [1, max], each (H,); (None, None) if off."""
         if self.blend_logit is None:
             return None, None
@@ -691,7 +691,7 @@ class Attention(nn.Module):
             q, k = self._rotate(q, k, v, valid)
             if self.kind == "causal":
                 mask, is_causal = causal_mask(q.shape[2], k.shape[2], x.device)
-        blend, temperature = self.blend()
+        blend, temperature = self.blend_and_temperature()
         out = attention(q, k, v, mask, is_causal, blend, temperature, dropout=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(x.shape))  # (B, S, D)
 
@@ -917,10 +917,11 @@ class Encoder(nn.Module):
         """(B, T) real mel frames -> (B, T') real encoder frames, T' = ceil(T / downsampling_factor)."""
         return valid[:, :: self.config.downsampling_factor]
 
-    def frame_mask(
+    def check_inputs(
         self, input_features: torch.Tensor | None, waveform: torch.Tensor | None, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Check the inputs against `input_mode` and return the (B, T) bool mask of real mel frames."""
+        """Validate the inputs (the ones `input_mode` needs, their shapes, the length limit, right padding),
+        raising `ValueError` naming what is wrong; return `valid`, (B, T) bool True on real mel frames."""
         config = self.config
         needs = {"spectrogram": ("input_features",), "waveform": ("waveform",), "both": ("input_features", "waveform")}
         given = {"input_features": input_features, "waveform": waveform}
@@ -972,7 +973,7 @@ class Encoder(nn.Module):
         Returns:
             `BaseModelOutput` with last_hidden_state (B, T', D).
         """
-        valid = self.frame_mask(input_features, waveform, attention_mask)
+        valid = self.check_inputs(input_features, waveform, attention_mask)
         frames = valid.shape[1]
         branches = []
         if self.spectrogram is not None:
@@ -1164,7 +1165,7 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         print("\n".join(lines))
         return report
 
-    def learned_blends(self) -> dict[str, float]:
+    def learned_mixes(self) -> dict[str, float]:
         """The learned mixing values, averaged over layers and heads: input blend (spectrogram share),
         attention blend (cosine share), betweenness gate tanh(g). Only the enabled ones."""
         attentions = [m for m in self.modules() if isinstance(m, Attention)]
@@ -1172,7 +1173,7 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if self.encoder.input_blend_logit is not None:
             values["input_blend"] = self.encoder.input_blend().item()
         if self.config.blend_attention:
-            values["attention_blend"] = torch.cat([m.blend()[0] for m in attentions]).mean().item()
+            values["attention_blend"] = torch.cat([m.blend_and_temperature()[0] for m in attentions]).mean().item()
         if self.config.use_betweenness:
             gates = [torch.tanh(m.betweenness.gate) for m in attentions if m.betweenness is not None]
             values["betweenness_gate"] = torch.stack(gates).mean().item()

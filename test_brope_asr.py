@@ -180,7 +180,7 @@ def test_learned_mixes_stay_bounded_finite_and_differentiable(value):
 
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
     for attention in attentions:
-        blend, temperature = attention.blend()
+        blend, temperature = attention.blend_and_temperature()
         assert bool(((blend >= 0) & (blend <= 1)).all())
         assert bool(((temperature >= 1) & (temperature <= model.config.attention_max_temperature)).all())
     input_blend = model.encoder.input_blend()
@@ -189,7 +189,7 @@ def test_learned_mixes_stay_bounded_finite_and_differentiable(value):
     for shift_module in (m for m in model.modules() if isinstance(m, BetweennessShift)):
         shift = shift_module(values, causal=False, valid=None)
         assert bool((shift.abs() <= model.config.betweenness_max_shift).all())
-    learned = model.learned_blends()
+    learned = model.learned_mixes()
     assert set(learned) == {"input_blend", "attention_blend", "betweenness_gate"}
     assert all(math.isfinite(v) for v in learned.values())
 
@@ -798,7 +798,7 @@ def test_from_pretrained_reproduces_logits(tmp_path, input_mode, learned_rope_fr
     expected, got = model(**inputs, labels=labels), loaded(**inputs, labels=labels)
     assert_close(got.logits, expected.logits, atol=1e-6)
     assert_close(got.loss, expected.loss, atol=1e-6)
-    assert loaded.learned_blends() == pytest.approx(model.learned_blends())
+    assert loaded.learned_mixes() == pytest.approx(model.learned_mixes())
 
 
 @pytest.mark.parametrize(
@@ -979,7 +979,7 @@ def test_initialization_starts_at_the_plain_baseline():
     head_dim = 32 // 2
     for module in model.modules():
         if isinstance(module, Attention):
-            blend, temperature = module.blend()
+            blend, temperature = module.blend_and_temperature()
             assert_close(blend, torch.full((2,), 0.5), atol=1e-7)
             assert_close(temperature, torch.full((2,), math.sqrt(head_dim)), atol=1e-5)
             if module.log_inv_freq is not None:

@@ -936,7 +936,7 @@ def main(argv=None) -> dict:
         results.update({f"false_words_per_minute_{kind}": rate for kind, rate in false_words_per_minute(model, tokenizer).items()})
         table.save(output_dir)
         tracker.save(output_dir)
-        print(f"learned blends: {model.learned_blends()}; training time {elapsed:.0f} s; "
+        print(f"learned mixes: {model.learned_mixes()}; training time {elapsed:.0f} s; "
               f"best validation WER at step {results['best_step']} (the model saved and tested)")
         print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
         if "test_wer" in results:

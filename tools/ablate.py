@@ -49,7 +49,7 @@ MODES = ("spectrogram", "waveform", "both")
 SWITCHES = {"off": False, "on": True}
 DEFAULT_STEPS = 300  # 12 cells x 3 seeds in 50.5 min on 2 CPU cores (measurement in the module docstring)
 QUICK_STEPS = 30  # exercises every cell and fills the table; WER is still above 100% this early
-BLENDS = ("input_blend", "attention_blend", "betweenness_gate")  # keys of model.learned_blends()
+BLENDS = ("input_blend", "attention_blend", "betweenness_gate")  # keys of model.learned_mixes()
 # train_hf options that define a cell and its budget: set by this script, never passed through after --
 MANAGED = ("--output-dir", "--input-mode", "--betweenness", "--no-betweenness", "--blend-attention",
            "--no-blend-attention", "--seed", "--max-steps", "--eval-steps", "--resume")
@@ -161,7 +161,7 @@ def train(run_dir: Path, arguments: list[str]) -> dict:
         "parameters": model.num_parameters(),
         "train_seconds": metrics["train_seconds"],
         "seconds": seconds,
-        **model.learned_blends(),
+        **model.learned_mixes(),
         "arguments": arguments,
     }
     for checkpoint in run_dir.glob("checkpoint-*"):  # a finished run is never resumed: keep only the final model
