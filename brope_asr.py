@@ -84,6 +84,7 @@ __all__ = [
     "transcribe",
     "speech_windows",
     "window_seconds",
+    "join_windows",
     "BRoPEASRFeatureExtractor",
     "BRoPEASRProcessor",
     "SpeechRecognitionPipeline",
@@ -1290,13 +1291,20 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
 # ------------------------------------------------------------------------------------- long recordings
 
 
-def window_seconds(config: BRoPEASRConfig) -> float:
-    """The longest audio one decode covers: what the encoder takes and what the decoder can write.
+def window_seconds(config: BRoPEASRConfig, limit: float | None = None) -> float:
+    """The longest audio one decode covers: what the encoder takes and what the decoder can write,
+    or `limit` seconds if that is shorter (None or 0: no limit).
 
     A transcript may hold up to `max_tokens_per_second` tokens per second (`duration_token_limits`),
     and must fit in `max_target_positions` with its start and end tokens.
     """
-    return min(config.max_source_positions / 100, (config.max_target_positions - 2) / config.max_tokens_per_second)
+    longest = min(config.max_source_positions / 100, (config.max_target_positions - 2) / config.max_tokens_per_second)
+    return min(longest, limit) if limit else longest
+
+
+def join_windows(texts: list[str]) -> str:
+    """The transcript of a recording from its windows' texts, in order: the non-empty ones, spaced."""
+    return " ".join(text.strip() for text in texts if text.strip())
 
 
 def speech_windows(
@@ -1357,11 +1365,11 @@ def speech_windows(
         stretch_end = pause_start if run_start < len(quiet) else total
         while stretch_end - start > max_samples:  # too long for one window: cut at the best pause in reach
             first, last = (start + max_samples // 4) // HOP_LENGTH, (start + max_samples) // HOP_LENGTH
-            inside = [(max(a, first), min(b, last)) for a, b in pauses if a < last and b > first]
+            # Pauses in reach, by their part inside it: (frames inside, where that part starts, the pause).
+            inside = [(min(b, last) - max(a, first), max(a, first), (a, b)) for a, b in pauses if a < last and b > first]
             if inside:
-                a, b = max(inside, key=lambda run: (run[1] - run[0], run[0]))  # the longest, the latest among equals
-                whole = next(run for run in pauses if run[0] <= a and run[1] >= b)  # the pause it belongs to
-                end, next_start = cut(whole[0] * HOP_LENGTH, min(whole[1] * HOP_LENGTH, total), start + max_samples)
+                _, _, (a, b) = max(inside)  # the longest part in reach, the latest among equals
+                end, next_start = cut(a * HOP_LENGTH, min(b * HOP_LENGTH, total), start + max_samples)
             else:
                 end = next_start = (first + int(energy[first:last].argmin())) * HOP_LENGTH
             windows.append((start, end))
@@ -1403,8 +1411,7 @@ def transcribe(
     Returns:
         B transcripts.
     """
-    longest = window_seconds(model.config)
-    seconds = longest if max_window_seconds is None else min(max_window_seconds, longest)
+    seconds = window_seconds(model.config, max_window_seconds)
     features = BRoPEASRFeatureExtractor.from_model_config(model.config)
     device = next(model.parameters()).device
     pieces, owners = [], []
@@ -1417,11 +1424,10 @@ def transcribe(
         inputs = features(pieces[first : first + batch_size], sampling_rate=SAMPLE_RATE, return_tensors="pt")
         ids = model.generate(**inputs.to(device), num_beams=num_beams)
         texts += tokenizer.batch_decode(ids, skip_special_tokens=True)
-    joined = [[] for _ in waveforms]
-    for index, text in zip(owners, texts):
-        if text.strip():
-            joined[index].append(text.strip())
-    return [" ".join(parts) for parts in joined]
+    per_clip = [[] for _ in waveforms]
+    for owner, text in zip(owners, texts):
+        per_clip[owner].append(text)
+    return [join_windows(clip_texts) for clip_texts in per_clip]
 
 
 # ------------------------------------------------------------------------ Hugging Face: processor, pipeline
@@ -1569,9 +1575,7 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             audio = check_audio(resample(mono(samples), inputs["sampling_rate"]), "audio")
         else:
             audio = check_audio(mono(inputs), "audio")
-        longest = window_seconds(self.model.config)
-        seconds = min(chunk_length_s, longest) if chunk_length_s else longest
-        windows = speech_windows(audio, int(seconds * SAMPLE_RATE))
+        windows = speech_windows(audio, int(window_seconds(self.model.config, chunk_length_s) * SAMPLE_RATE))
         for i, (start, end) in enumerate(windows):
             # (1, n) samples and (1,) their count: the pipeline's batching pads the first and stacks the second
             yield {"is_last": i == len(windows) - 1, "samples": audio[None, start:end], "num_samples": torch.tensor([end - start])}
@@ -1590,8 +1594,8 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             return super().postprocess(model_outputs, decoder_kwargs, return_timestamps, return_language)
         if return_timestamps or return_language:
             raise ValueError("brope-asr models give text only: no timestamps or language")
-        texts = [self.tokenizer.decode(output["tokens"].reshape(-1).tolist(), skip_special_tokens=True) for output in model_outputs]
-        return {"text": " ".join(text.strip() for text in texts if text.strip())}
+        return {"text": join_windows([self.tokenizer.decode(output["tokens"].reshape(-1).tolist(), skip_special_tokens=True)
+                                      for output in model_outputs])}
 
 
 # --------------------------------------------------------------------------------------------- metrics

@@ -526,9 +526,14 @@ class NonFiniteLossError(RuntimeError):
 MIXES = ("gate", "blend_logit", "log_temperature", "input_blend_logit")  # the learned mixes' parameter names
 
 
+def mix_kind(name: str) -> str:
+    """A parameter's full name -> its last part, which is one of MIXES for a learned mix."""
+    return name.rsplit(".", 1)[-1]
+
+
 def mix_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The learned mixes (betweenness gates, attention blends and temperatures, the input blend) by full name."""
-    return {name: p for name, p in model.named_parameters() if name.rsplit(".", 1)[-1] in MIXES}
+    return {name: p for name, p in model.named_parameters() if mix_kind(name) in MIXES}
 
 
 class ASRTrainer(Seq2SeqTrainer):
@@ -699,10 +704,6 @@ class MixTracker(TrainerCallback):
         self.every, self.rows = every, []
         self.grad_sum, self.grad_abs, self.start = {}, {}, {}
 
-    @staticmethod
-    def kind(name: str) -> str:
-        return name.rsplit(".", 1)[-1]
-
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.snapshot(model)
 
@@ -713,7 +714,7 @@ class MixTracker(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         for name, p in mix_parameters(model).items():
             if p.grad is not None:
-                kind = self.kind(name)
+                kind = mix_kind(name)
                 self.grad_sum[kind] = self.grad_sum.get(kind, 0.0) + p.grad.detach().clone()
                 self.grad_abs[kind] = self.grad_abs.get(kind, 0.0) + p.grad.detach().abs()
 
@@ -724,7 +725,7 @@ class MixTracker(TrainerCallback):
         row = {"step": state.global_step}
         moved = {name: (p.detach() - self.start[name]).abs() / self.every for name, p in model.named_parameters() if name in self.start}
         for kind in MIXES:
-            names = [name for name in mixes if self.kind(name) == kind]
+            names = [name for name in mixes if mix_kind(name) == kind]
             if not names:
                 continue
             row[f"{kind}_value"] = torch.cat([self.VALUES[kind](mixes[n].detach()).flatten() for n in names]).mean().item()

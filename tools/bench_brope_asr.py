@@ -805,7 +805,7 @@ def long_audio_report(
     texts = [" ".join(row["transcription"].lower().split()) for row in rows]
     generator = torch.Generator().manual_seed(SEED)
     alone = transcribe(model, tokenizer, clips)
-    window = min(window_seconds(model.config), max_window_seconds or math.inf)
+    window = window_seconds(model.config, max_window_seconds)
     lines = [
         f"model {run_dir}: windows of at most {window:.1f} s; {len(clips)} {split} clips, "
         f"WER decoded one by one {100 * word_error_rate(alone, texts):.2f}%",
