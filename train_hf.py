@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import torch
 from datasets import Audio, Dataset, concatenate_datasets, load_dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -45,8 +46,10 @@ from brope_asr import (
     BRoPEASRForConditionalGeneration,
     BRoPEASRProcessor,
     char_error_rate,
+    check_audio,
     load_audio,
     mel_filterbank,
+    mono,
     resample,
     token_scores,
     transcribe,
@@ -98,34 +101,112 @@ def build_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenize
 
 
 def audio_source(value) -> tuple:
-    """An undecoded `datasets` audio value (path string or {"bytes", "path"}) -> (what soundfile reads, file name)."""
+    """An undecoded `datasets` audio value -> (what soundfile reads, file name).
+
+    The value is a path string, an encoded {"bytes", "path"} dict (parquet and hub datasets), or a
+    decoded {"array", "sampling_rate"} dict (a dataset built in memory), returned as is.
+    """
     if isinstance(value, dict):
+        if value.get("array") is not None:
+            return value, value.get("path") or "an in-memory array"
         source = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
         return source, value.get("path") or "embedded bytes"
     return value, value
 
 
+def read_clip(value, name: str) -> torch.Tensor:
+    """Decode one dataset audio value (see `audio_source`) to (N,) float32 at 16 kHz, or raise ValueError naming `name`."""
+    source, _ = audio_source(value)
+    if isinstance(source, dict):
+        return check_audio(resample(mono(source["array"]), int(source["sampling_rate"])), name)
+    return load_audio(source, name=name)
+
+
+def audio_seconds(value, name: str) -> float:
+    """A clip's duration from its header alone (soundfile reads no samples), or raise ValueError naming `name`."""
+    source, _ = audio_source(value)
+    if isinstance(source, dict):
+        return len(source["array"]) / int(source["sampling_rate"])
+    try:
+        info = soundfile.info(source)
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file") from None
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{name}: cannot decode audio ({error})") from None
+    if info.samplerate <= 0 or info.frames <= 0:
+        raise ValueError(f"{name}: header gives {info.frames} frames at {info.samplerate} Hz")
+    return info.frames / info.samplerate
+
+
+def read_table(path: Path) -> Dataset:
+    """One metadata or data file as a dataset: .csv, .json / .jsonl (one object per line) or .parquet."""
+    builder = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(path.suffix)
+    if builder is None:
+        raise ValueError(f"{path}: a table must be .csv, .json, .jsonl or .parquet")
+    return load_dataset(builder, data_files=str(path), split="train")
+
+
+def read_audio_folder(folder: Path) -> Dataset:
+    """The audiofolder layout, read without `datasets`' audio encoder: one table with file_name and split.
+
+    Metadata is metadata.csv or metadata.jsonl with a file_name column (paths relative to the
+    metadata's folder): at the top with a split column (as data/ has), at the top with file names
+    that start with their split's folder, or in each split's own folder.
+    """
+    def metadata(where: Path) -> Path | None:
+        return next((where / name for name in ("metadata.csv", "metadata.jsonl") if (where / name).is_file()), None)
+
+    tables = []
+    top = metadata(folder)
+    places = [(top, None)] if top else [(metadata(sub), sub.name) for sub in sorted(folder.iterdir()) if sub.is_dir() and metadata(sub)]
+    if not places:
+        raise ValueError(f"{folder}: no metadata.csv or metadata.jsonl at the top or in any split folder")
+    for path, split in places:
+        table = read_table(path)
+        if "file_name" not in table.column_names:
+            raise ValueError(f"{path} has no column 'file_name'; its columns are {table.column_names}")
+        table = table.map(lambda row, where=path.parent: {"file_name": str(where / row["file_name"])})
+        if split is not None:
+            table = table.remove_columns([c for c in ("split",) if c in table.column_names]).add_column("split", [split] * len(table))
+        elif "split" not in table.column_names:
+            table = table.add_column("split", [Path(name).relative_to(folder).parts[0] for name in table["file_name"]])
+        tables.append(table)
+    return concatenate_datasets(tables)
+
+
 def load_splits(args) -> dict[str, Dataset]:
-    """The train / validation / test splits as datasets with columns "audio" (undecoded) and "text"."""
+    """The train / validation / test splits as datasets with columns "audio" (undecoded) and "text".
+
+    From --data-dir (an audio folder whose metadata has a transcription column), or --dataset: a
+    hub name, a local audio folder, a local folder of parquet shards (split from the file names,
+    as on the hub), or one .parquet/.csv/.jsonl file with a split column.
+    """
     names = {"train": args.train_split, "validation": args.eval_split, "test": args.test_split}
     names = {key: name for key, name in names.items() if name}
-    if args.dataset:
-        splits = {key: load_dataset(args.dataset, args.dataset_config, split=name) for key, name in names.items()}
-        audio_column, text_column = args.audio_column, args.text_column
+    audio_column, text_column = args.audio_column, args.text_column
+    local = Path(args.dataset) if args.dataset and Path(args.dataset).exists() else None
+    if local is not None and local.is_dir() and not any(local.rglob("*.parquet")):
+        table = read_audio_folder(local)
+        audio_column = "file_name"
+    elif local is not None and local.is_file():
+        table = read_table(local)
+    elif args.dataset:
+        table = None
     else:
-        folder = Path(args.data_dir)
-        table = load_dataset("csv", data_files=str(folder / "metadata.csv"), split="train")
-        if "split" not in table.column_names:
-            raise ValueError(f"{folder / 'metadata.csv'} has no column 'split'; its columns are {table.column_names}")
-        table = table.map(lambda row: {"file_name": str(folder / row["file_name"])})
-        splits = {key: table.filter(lambda row, name=name: row["split"] == name) for key, name in names.items()}
+        table = read_audio_folder(Path(args.data_dir))
         audio_column, text_column = "file_name", "transcription"
+    if table is None:  # the hub, or a folder of parquet shards: datasets finds the splits
+        splits = {key: load_dataset(args.dataset, args.dataset_config, split=name) for key, name in names.items()}
+    elif "split" not in table.column_names:
+        raise ValueError(f"{args.dataset or args.data_dir} has no column 'split'; its columns are {table.column_names}")
+    else:
+        splits = {key: table.filter(lambda row, name=name: row["split"] == name) for key, name in names.items()}
     for key, split in splits.items():
         for column in (audio_column, text_column):
             if column not in split.column_names:
                 raise ValueError(f"{key} split has no column {column!r}; its columns are {split.column_names}")
         if isinstance(split.features[audio_column], Audio):
-            split = split.cast_column(audio_column, Audio(decode=False))  # decoded with soundfile below
+            split = split.cast_column(audio_column, Audio(decode=False))  # decoded with soundfile, per batch
         extra = [column for column in ("source", "speaker") if column in split.column_names]  # optional metadata
         split = split.select_columns([audio_column, text_column, *extra]).rename_columns(
             {audio_column: "audio", text_column: "text"}
@@ -155,35 +236,39 @@ def hold_out_speaker(splits: dict[str, Dataset], speaker: str) -> dict[str, Data
     return {**kept, "test": concatenate_datasets(held)}
 
 
-def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, skip_bad: bool) -> Dataset:
-    """Decode and resample audio, tokenize transcripts (ending with eos), and drop or report bad rows.
+def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, skip_bad: bool, decode: bool) -> Dataset:
+    """Check every row and tokenize its transcript (ending with eos); the audio stays as the dataset holds it.
 
     A row is bad if its audio cannot be read or used, is longer than `max_source_positions`, or
-    its transcript is longer than `max_target_positions`. With `skip_bad` bad rows are dropped with a
-    warning and a count; otherwise the run stops listing every bad row.
+    its transcript is longer than `max_target_positions`. Every row's header is read (soundfile
+    reads no samples for it); with `decode` (validation and test, which every evaluation reads
+    whole) the samples are decoded and checked too, so evaluation never meets a bad row. Nothing
+    decoded is kept: the collator decodes each clip when its batch is built (`ClipReader`). With
+    `skip_bad` bad rows are dropped with a warning and a count; otherwise the run stops listing
+    every bad row.
+    Returns:
+        the rows with columns audio (as given), name ("split row i (file)"), text, labels, seconds,
+        source and speaker.
     """
 
     def prepare(row, index):
-        source, file_name = audio_source(row["audio"])
+        _, file_name = audio_source(row["audio"])
         name = f"{key} row {index} ({file_name})"
         try:
-            audio = load_audio(source, name=name).numpy()
-            if len(audio) // HOP_LENGTH > config.max_source_positions:
-                raise ValueError(
-                    f"{name}: {len(audio) / SAMPLE_RATE:.1f} s is longer than max_source_positions="
-                    f"{config.max_source_positions} frames"
-                )
+            seconds = len(read_clip(row["audio"], name)) / SAMPLE_RATE if decode else audio_seconds(row["audio"], name)
+            if seconds * SAMPLE_RATE // HOP_LENGTH > config.max_source_positions:
+                raise ValueError(f"{name}: {seconds:.1f} s is longer than max_source_positions={config.max_source_positions} frames")
             text = normalize_text(row["text"])
             labels = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
             if len(labels) > config.max_target_positions:
                 raise ValueError(f"{name}: transcript of {len(labels)} tokens exceeds max_target_positions")
         except ValueError as error:
-            return {"waveform": np.zeros(0, np.float32), "text": "", "labels": [], "seconds": 0.0, "error": str(error)}
-        return {"waveform": audio, "text": text, "labels": labels, "seconds": len(audio) / SAMPLE_RATE, "error": ""}
+            return {"name": name, "text": "", "labels": [], "seconds": 0.0, "error": str(error)}
+        return {"name": name, "text": text, "labels": labels, "seconds": seconds, "error": ""}
 
-    kept = ("source", "speaker")  # passed through: per-source test WER and the speakers' word pools
+    kept = ("audio", "source", "speaker")  # passed through: the audio itself, per-source test WER, the speakers' word pools
     removed = [column for column in split.column_names if column not in kept]
-    prepared = split.map(prepare, with_indices=True, remove_columns=removed, desc=f"decoding {key}")
+    prepared = split.map(prepare, with_indices=True, remove_columns=removed, desc=f"checking {key}")
     errors = [e for e in prepared["error"] if e]
     if errors and not skip_bad:
         raise ValueError(f"{len(errors)} bad rows in the {key} split:\n" + "\n".join(errors))
@@ -194,7 +279,44 @@ def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, s
     unknown = sum(labels.count(tokenizer.unk_token_id) for labels in prepared["labels"]) if tokenizer.unk_token else 0
     if unknown:
         warnings.warn(f"{unknown} characters in the {key} split are not in the tokenizer and map to {tokenizer.unk_token}")
-    return prepared.remove_columns("error").with_format("numpy", columns=["waveform"], output_all_columns=True)
+    return prepared.remove_columns("error")
+
+
+class ClipReader:
+    """Decodes a row's audio when its batch is built, keeping decoded clips in memory up to a budget.
+
+    The dataset holds audio as it came (a path or the encoded bytes) and nothing decoded is written
+    to disk. Decoded clips are kept while their float32 samples total at most `cache_megabytes`, so
+    a corpus that fits (the embedded one is about 110 MB decoded) is decoded once and a larger one
+    is decoded again every epoch, in bounded memory. A row that cannot be decoded is, with
+    `skip_bad`, left out of its batch with a warning naming it and counted in `skipped`, once per
+    row; otherwise its ValueError stops the run.
+    """
+
+    def __init__(self, cache_megabytes: float = 1024, skip_bad: bool = True):
+        self.budget, self.used = cache_megabytes * 2**20, 0
+        self.skip_bad = skip_bad
+        self.cache: dict[str, torch.Tensor] = {}
+        self.skipped: dict[str, str] = {}  # row name -> why
+
+    def __call__(self, row: dict) -> torch.Tensor | None:
+        """(N,) float32 at 16 kHz, a fresh copy (augmentation writes into it), or None for a skipped row."""
+        name = row.get("name") or "a row without a name"  # rows from prepare_split have names; only named rows are kept
+        clip = self.cache.get(name)
+        if clip is None:
+            if row.get("name") in self.skipped:
+                return None
+            try:
+                clip = read_clip(row["audio"], name)
+            except ValueError as error:
+                if not self.skip_bad:
+                    raise
+                self.skipped[name] = str(error)
+                warnings.warn(f"skipped at batch time (not decodable): {error}")
+                return None
+            if row.get("name") and self.used + 4 * clip.numel() <= self.budget:
+                self.cache[name], self.used = clip, self.used + 4 * clip.numel()
+        return clip.clone()
 
 
 # --------------------------------------------------------------------------------------- augmentation
@@ -392,7 +514,8 @@ def join_words(clips: list[torch.Tensor], texts: list[str], generator: torch.Gen
 class Collator:
     """Builds each training example, augments it, pads the batch and builds the model inputs.
 
-    Only rows marked augment=True (the training split's) are changed; evaluation sees clean audio.
+    Each row's audio is decoded here, by `reader` (a `ClipReader`); a row it skips is left out of
+    the batch. Only rows marked augment=True (the training split's) are changed; evaluation sees clean audio.
     For those, each row is first replaced, with probability `non_speech_probability`, by a
     non-speech clip labelled with nothing (eos alone), or else, if it is one word of a speaker in
     `word_pools`, with probability `join_probability` by a string of 2-7 of that speaker's words
@@ -408,11 +531,12 @@ class Collator:
         config: BRoPEASRConfig,
         tokenizer=None,
         augmentations: tuple[str, ...] = AUGMENTATIONS,
-        word_pools: dict[str, list[tuple[np.ndarray, str]]] | None = None,
+        word_pools: dict[str, list[dict]] | None = None,
         join_probability: float = 0.0,
         non_speech_probability: float = 0.0,
         augment_probability: float = 1.0,
         generator: torch.Generator | None = None,
+        reader: "ClipReader | None" = None,
     ):
         unknown = set(augmentations) - set(AUGMENTATIONS)
         if unknown:
@@ -424,12 +548,15 @@ class Collator:
         self.join_probability, self.non_speech_probability = join_probability, non_speech_probability
         self.augment_probability = augment_probability
         self.generator = generator
+        self.reader = reader or ClipReader()
         self.longest = config.max_source_positions * HOP_LENGTH  # samples the model accepts
         self.features = BRoPEASRFeatureExtractor.from_model_config(config)  # the one path from audio to inputs
 
-    def example(self, row: dict) -> tuple[torch.Tensor, list[int]]:
-        """A training row -> (waveform, label ids): the row itself, a non-speech clip, or a joined string."""
-        clip, labels = torch.tensor(row["waveform"]), list(row["labels"])  # a copy: augmentation writes into it
+    def example(self, row: dict) -> tuple[torch.Tensor, list[int]] | None:
+        """A training row -> (waveform, label ids): the row itself, a non-speech clip, or a joined string; None if skipped."""
+        clip, labels = self.reader(row), list(row["labels"])
+        if clip is None:
+            return None
         if uniform(0, 1, self.generator) < self.non_speech_probability:
             length = int(uniform(0.3, 3.0, self.generator) * SAMPLE_RATE)
             return non_speech(length, choice(NON_SPEECH_KINDS, self.generator), self.generator), [self.config.eos_token_id]
@@ -437,9 +564,11 @@ class Collator:
         if pool and " " not in row["text"] and uniform(0, 1, self.generator) < self.join_probability:
             count = int(torch.randint(2, 8, (), generator=self.generator))
             picks = [pool[int(i)] for i in torch.randint(len(pool), (count,), generator=self.generator)]
-            clip, text = join_words([torch.as_tensor(w) for w, _ in picks], [t for _, t in picks], self.generator)
-            if len(clip) <= self.longest:
-                return clip, self.tokenizer(text, add_special_tokens=False).input_ids + [self.config.eos_token_id]
+            words = [(word, pick["text"]) for pick in picks if (word := self.reader(pick)) is not None]
+            if len(words) > 1:
+                joined, text = join_words([w for w, _ in words], [t for _, t in words], self.generator)
+                if len(joined) <= self.longest:
+                    return joined, self.tokenizer(text, add_special_tokens=False).input_ids + [self.config.eos_token_id]
         return clip, labels
 
     def perturb(self, clip: torch.Tensor) -> torch.Tensor:
@@ -488,15 +617,19 @@ class Collator:
                     inputs["input_features"][row, start : start + int(torch.randint(11, (), generator=g)), :length] = 0.0
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        training = bool(rows[0]["augment"])
+        training = bool(rows[0].get("augment"))
         if training:
-            examples = [self.example(row) for row in rows]
-            varied = [i for i in range(len(rows)) if uniform(0, 1, self.generator) < self.augment_probability]
-            clips = [self.perturb(clip) if i in varied else clip for i, (clip, _) in enumerate(examples)]
-            labels = [torch.as_tensor(ids) for _, ids in examples]
+            examples = [example for row in rows if (example := self.example(row)) is not None]
         else:
-            clips = [torch.tensor(row["waveform"]) for row in rows]
-            labels = [torch.as_tensor(row["labels"]) for row in rows]
+            examples = [(clip, row["labels"]) for row in rows if (clip := self.reader(row)) is not None]
+        if not examples:
+            raise ValueError("every row of a batch was skipped: " + "; ".join(row.get("name", "?") for row in rows))
+        if training:
+            varied = [i for i in range(len(examples)) if uniform(0, 1, self.generator) < self.augment_probability]
+            clips = [self.perturb(clip) if i in varied else clip for i, (clip, _) in enumerate(examples)]
+        else:
+            clips = [clip for clip, _ in examples]
+        labels = [torch.as_tensor(ids) for _, ids in examples]
         inputs = dict(self.features(clips, sampling_rate=SAMPLE_RATE))
         if training:
             self.mask(inputs, varied)
@@ -504,15 +637,16 @@ class Collator:
         return inputs
 
 
-def word_pools(split: Dataset, minimum: int = 10) -> dict[str, list[tuple[np.ndarray, str]]]:
-    """Each speaker's one-word clips, for speakers with at least `minimum` of them: what `join_words` joins.
+def word_pools(split: Dataset, minimum: int = 10) -> dict[str, list[dict]]:
+    """Each speaker's one-word rows, for speakers with at least `minimum` of them: what `join_words` joins.
 
     Built from the training split only, so no clip of a validation or test speaker can be joined in.
+    Rows keep their audio undecoded; the collator's reader decodes them.
     """
     pools = {}
     for row in split:
         if row["speaker"] and row["text"] and " " not in row["text"]:
-            pools.setdefault(row["speaker"], []).append((row["waveform"], row["text"]))
+            pools.setdefault(row["speaker"], []).append({"audio": row["audio"], "name": row.get("name"), "text": row["text"]})
     return {speaker: pool for speaker, pool in pools.items() if len(pool) >= minimum}
 
 
@@ -789,7 +923,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--downsampling-factor", type=int, choices=(1, 2, 4, 8), help="mel frames per encoder frame (default: the preset's)")
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default=str(DATA_DIR), help="folder with metadata.csv (file_name,transcription,split)")
-    data.add_argument("--dataset", help="a Hugging Face hub dataset instead of --data-dir (needs the network)")
+    data.add_argument("--dataset", help="instead of --data-dir: a Hugging Face hub dataset (needs the network), a local audio "
+                      "folder (metadata.csv/.jsonl with file_name), a local folder of parquet shards, or one .parquet/.csv/.jsonl file with a split column")
     data.add_argument("--dataset-config", help="the hub dataset's configuration name")
     data.add_argument("--train-split", default="train")
     data.add_argument("--eval-split", default="validation")
@@ -801,6 +936,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--tokenizer", help="bpe:N trains a byte-level BPE of at most N tokens on the training transcripts; "
                       "a path loads a saved Hugging Face tokenizer; default: characters")
     data.add_argument("--on-bad-audio", choices=("skip", "error"), default="skip", help="skip bad rows with a warning, or stop listing them")
+    data.add_argument("--audio-cache-mb", type=float, default=1024,
+                      help="decoded clips kept in memory up to this size; the rest are decoded again when next used")
     data.add_argument("--augment", default="none", help=f"comma-separated augmentations from {','.join(AUGMENTATIONS)}, or all, or none")
     data.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     data.add_argument("--join-probability", type=float, default=0.6, help="chance that a one-word training clip becomes a string of its speaker's words")
@@ -852,7 +989,7 @@ def main(argv=None) -> dict:
         **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
     )
     skip_bad = args.on_bad_audio == "skip"
-    prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad) for key, split in splits.items()}
+    prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad, decode=key != "train") for key, split in splits.items()}
     max_label = max(len(labels) for split in prepared.values() for labels in split["labels"])
     # The fastest speech in training, with a 1.5x margin for faster speakers, bounds every transcript's
     # length by its clip's duration in generate: non-speech or a confused decode cannot run away.
@@ -863,7 +1000,10 @@ def main(argv=None) -> dict:
         varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
         prepared[key] = split.add_column("augment", [varied and key == "train"] * len(split))
     pools = word_pools(prepared["train"]) if args.join_probability > 0 else {}
-    collator = Collator(config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability)
+    reader = ClipReader(args.audio_cache_mb, skip_bad)
+    collator = Collator(
+        config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability, reader=reader
+    )
 
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(output_dir),
@@ -887,7 +1027,7 @@ def main(argv=None) -> dict:
         predict_with_generate=True,
         generation_max_length=max_label + 1,  # start token + the longest transcript: no runaway decoding
         generation_num_beams=args.num_beams,
-        remove_unused_columns=False,  # keep "waveform" for the collator
+        remove_unused_columns=False,  # keep the audio, its name and the speaker for the collator
         label_names=["labels"],
         report_to="none",
         seed=args.seed,
@@ -924,7 +1064,7 @@ def main(argv=None) -> dict:
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
     trainer.save_model(str(output_dir))  # model (safetensors), processor (feature extractor and tokenizer), brope_asr.py
-    results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step}
+    results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step, "skipped_at_batch_time": len(reader.skipped)}
     if "test" in prepared:
         prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
         results.update(prediction.metrics)
@@ -940,6 +1080,9 @@ def main(argv=None) -> dict:
         print(f"learned mixes: {model.learned_mixes()}; training time {elapsed:.0f} s; "
               f"best validation WER at step {results['best_step']} (the model saved and tested)")
         print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
+        if reader.skipped:
+            print(f"{len(reader.skipped)} training rows could not be decoded when their batch was built and were skipped:\n"
+                  + "\n".join(reader.skipped.values()))
         if "test_wer" in results:
             for source, count in sorted(Counter(s for s in test_sources if s).items()):
                 print(f"test {source}: WER {100 * results[f'test_wer_{source}']:.2f}% "
