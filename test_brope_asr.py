@@ -1294,8 +1294,12 @@ def test_collator_pads_to_the_longest_clip_and_augments_only_marked_rows():
     for name in ("input_features", "waveform", "attention_mask"):
         torch.testing.assert_close(batch[name], expected[name], rtol=0, atol=0)
     assert batch["labels"].tolist() == [[5, 6, 2], [5, 6, -100]]
+    assert not collate.frames  # evaluation batches are not counted
     augmented = collate([{**row, "augment": True} for row in rows])
     assert not torch.equal(augmented["waveform"], batch["waveform"][:, : augmented["waveform"].shape[1]])
+    counted = train_hf.Collator(config, augmentations=())  # lengths unchanged: 4000 and 2500 samples, 25 and 15 mel frames
+    counted([{**row, "augment": True} for row in rows])
+    assert counted.frames == {"real": 25 + 15, "padded": 10}
 
 
 @pytest.mark.slow
@@ -1465,12 +1469,12 @@ def test_dataset_reads_local_folders_and_files_with_the_audio_undecoded(tmp_path
 
 
 @pytest.mark.slow
-def test_train_hf_trains_on_local_parquet_shards(tmp_path):
+def test_train_hf_trains_on_local_parquet_shards_grouped_by_length(tmp_path):
     _, rows = small_corpus(tmp_path / "corpus", train=4, validation=2, test=0)
     path = local_dataset(tmp_path / "local", "parquet shards", rows)
-    result = train_hf.main(["--dataset", str(path), "--test-split", "", "--output-dir", str(tmp_path / "run"),
+    result = train_hf.main(["--dataset", str(path), "--test-split", "", "--output-dir", str(tmp_path / "run"), "--group-by-length",
                             "--max-steps", "2", "--eval-steps", "2", "--batch-size", "2", "--warmup-steps", "1"])
-    assert result["best_step"] == 2 and result["skipped_at_batch_time"] == 0
+    assert result["best_step"] == 2 and result["skipped_at_batch_time"] == 0 and 0 <= result["padding_fraction"] < 1
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 

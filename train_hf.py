@@ -549,6 +549,7 @@ class Collator:
         self.augment_probability = augment_probability
         self.generator = generator
         self.reader = reader or ClipReader()
+        self.frames = Counter()  # training batches' mel frames: "real" and "padded" (the padding fraction)
         self.longest = config.max_source_positions * HOP_LENGTH  # samples the model accepts
         self.features = BRoPEASRFeatureExtractor.from_model_config(config)  # the one path from audio to inputs
 
@@ -633,6 +634,7 @@ class Collator:
         inputs = dict(self.features(clips, sampling_rate=SAMPLE_RATE))
         if training:
             self.mask(inputs, varied)
+            self.frames.update(real=int(inputs["attention_mask"].sum()), padded=int((~inputs["attention_mask"]).sum()))
         inputs["labels"] = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)
         return inputs
 
@@ -942,6 +944,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     data.add_argument("--join-probability", type=float, default=0.6, help="chance that a one-word training clip becomes a string of its speaker's words")
     data.add_argument("--augment-probability", type=float, default=1.0, help="share of training examples augmented (the rest stay clean)")
+    data.add_argument("--group-by-length", action="store_true",
+                      help="batch training clips of similar length (transformers' length-grouped sampler on each clip's duration)")
     data.add_argument("--non-speech", type=float, default=0.08, help="share of training examples replaced by non-speech labelled empty")
     train = parser.add_argument_group("training")
     train.add_argument("--output-dir", default="runs/small")
@@ -1008,6 +1012,8 @@ def main(argv=None) -> dict:
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(output_dir),
         max_steps=args.max_steps,
+        train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+        length_column_name="seconds",
         per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=2 * args.batch_size,
         learning_rate=args.learning_rate,
@@ -1064,7 +1070,8 @@ def main(argv=None) -> dict:
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
     trainer.save_model(str(output_dir))  # model (safetensors), processor (feature extractor and tokenizer), brope_asr.py
-    results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step, "skipped_at_batch_time": len(reader.skipped)}
+    results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step, "skipped_at_batch_time": len(reader.skipped),
+               "padding_fraction": collator.frames["padded"] / max(1, collator.frames.total())}
     if "test" in prepared:
         prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
         results.update(prediction.metrics)
@@ -1080,6 +1087,8 @@ def main(argv=None) -> dict:
         print(f"learned mixes: {model.learned_mixes()}; training time {elapsed:.0f} s; "
               f"best validation WER at step {results['best_step']} (the model saved and tested)")
         print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
+        padding = collator.frames["padded"] / max(1, collator.frames.total())
+        print(f"padding: {100 * padding:.1f}% of the mel frames in training batches" + (" (grouped by length)" if args.group_by_length else ""))
         if reader.skipped:
             print(f"{len(reader.skipped)} training rows could not be decoded when their batch was built and were skipped:\n"
                   + "\n".join(reader.skipped.values()))

@@ -781,6 +781,42 @@ def render(rows: list[Row], header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def padding_report(data_dir: str = "data", batch_size: int = 16, epochs: int = 2) -> str:
+    """The share of padding in training batches, random against length-grouped, with and without joined words; markdown.
+
+    Batches come from the sampler `Trainer` uses (`RandomSampler`, or transformers'
+    `LengthGroupedSampler` on each clip's duration for `--group-by-length`) over `epochs` of the
+    training split, through `train_hf`'s collator at the default non-speech share: joined words
+    are drawn in the collator, so the sampler only knows the single words' lengths.
+    """
+    import train_hf
+    from torch.utils.data import RandomSampler
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    args = train_hf.parse_args(["--data-dir", data_dir, "--test-split", ""])
+    split = train_hf.load_splits(args)["train"]
+    tokenizer = train_hf.build_tokenizer([train_hf.normalize_text(text) for text in split["text"]])
+    config = BRoPEASRConfig.from_preset("small", vocab_size=len(tokenizer))
+    train = train_hf.prepare_split(split, "train", tokenizer, config, skip_bad=True, decode=False)
+    train = train.add_column("augment", [True] * len(train))
+    rows, pools, reader = train.to_list(), train_hf.word_pools(train), train_hf.ClipReader()
+    lines = [f"{data_dir}: {len(rows)} training clips, batch {batch_size}, {epochs} epochs", "",
+             "| batches | words joined (probability) | padding, share of mel frames |", "| --- | --- | --- |"]
+    for join in (0.0, args.join_probability):
+        for grouped in (False, True):
+            generator = torch.Generator().manual_seed(SEED)
+            sampler = (LengthGroupedSampler(batch_size, lengths=train["seconds"], generator=generator) if grouped
+                       else RandomSampler(rows, generator=generator))
+            collator = train_hf.Collator(config, tokenizer, (), pools, join, args.non_speech,
+                                         generator=torch.Generator().manual_seed(SEED), reader=reader)
+            order = [i for _ in range(epochs) for i in sampler]
+            for start in range(0, len(order) - batch_size + 1, batch_size):
+                collator([rows[i] for i in order[start : start + batch_size]])
+            share = collator.frames["padded"] / collator.frames.total()
+            lines.append(f"| {'grouped by length' if grouped else 'random (default)'} | {join} | {100 * share:.1f}% |")
+    return "\n".join(lines)
+
+
 def long_audio_report(
     run_dir: str,
     minutes: tuple[float, ...] = (1, 5, 20),
@@ -853,6 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-audio", metavar="RUN_DIR", help="instead: long recordings through this trained model")
     parser.add_argument("--window-seconds", type=float, help="with --long-audio: the longest window (default: the model's)")
     parser.add_argument("--split", default="test", help="with --long-audio: the split whose clips are joined")
+    parser.add_argument("--padding", action="store_true", help="instead: padding in training batches, random vs length-grouped")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
@@ -860,6 +897,12 @@ def main(argv: list[str] | None = None) -> int:
         limit_blas_threads(args.threads, sys.argv[1:] if argv is None else argv)
         torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # Whisper's generate warns about its defaults on every call
+    if args.padding:
+        report = padding_report()
+        print(report)
+        if args.out:
+            Path(args.out).write_text(report + "\n")
+        return 0
     if args.long_audio:
         report = long_audio_report(args.long_audio, max_window_seconds=args.window_seconds, split=args.split)
         print(report)
