@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import datasets
+import datasets.distributed
 import numpy as np
 import pytest
 import soundfile
@@ -1476,6 +1477,38 @@ def test_train_hf_trains_on_local_parquet_shards_grouped_by_length(tmp_path):
                             "--max-steps", "2", "--eval-steps", "2", "--batch-size", "2", "--warmup-steps", "1"])
     assert result["best_step"] == 2 and result["skipped_at_batch_time"] == 0 and 0 <= result["padding_fraction"] < 1
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_streamed_training_split_is_shuffled_checked_and_sharded(tmp_path):
+    _, rows = small_corpus(tmp_path / "corpus", train=8, validation=2, test=0)
+    rows.append({**rows[0], "file_name": str(tmp_path / "missing.flac")})  # a bad training row, met in the stream
+    data = write_corpus(tmp_path / "data", rows)
+    splits = train_hf.load_splits(train_hf.parse_args(["--data-dir", str(data), "--streaming", "--test-split", ""]))
+    assert isinstance(splits["train"], datasets.IterableDataset) and splits["train"].num_shards == 9
+    tokenizer = train_hf.build_tokenizer([row["transcription"] for row in rows])
+    config = tiny_config(vocab_size=len(tokenizer), max_target_positions=64)
+    stream, skipped = train_hf.stream_split(splits["train"], tokenizer, config, skip_bad=True, seed=0, buffer_size=4)
+    with pytest.warns(UserWarning, match="missing.flac"):
+        first = [row["name"] for row in stream]
+    assert len(first) == 8 and len(skipped) == 1 and "missing.flac" in skipped[0]
+    stream.set_epoch(1)
+    with pytest.warns(UserWarning, match="missing.flac"):
+        second = [row["name"] for row in stream]
+    assert sorted(second) == sorted(first) and second != first  # every epoch reshuffled
+    with pytest.warns(UserWarning, match="no such file"):
+        shards = [[row["name"] for row in datasets.distributed.split_dataset_by_node(stream, rank, 2)] for rank in (0, 1)]
+    assert not set(shards[0]) & set(shards[1]) and len(shards[0]) + len(shards[1]) == 8  # what torchrun's processes read
+    with pytest.raises(ValueError, match="bad row in the train split.*missing.flac"):
+        list(train_hf.stream_split(splits["train"], tokenizer, config, skip_bad=False, seed=0, buffer_size=4)[0])
+
+
+@pytest.mark.slow
+def test_train_hf_trains_on_a_streamed_split_and_needs_max_steps(tmp_path):
+    data, _ = small_corpus(tmp_path / "data", train=4, validation=2, test=2)
+    result = run_train(data, tmp_path / "run", "--streaming")
+    assert result["best_step"] in (2, 4) and "test_wer" in result
+    with pytest.raises(ValueError, match="--streaming needs --max-steps"):
+        train_hf.main(["--data-dir", str(data), "--output-dir", str(tmp_path / "other"), "--streaming"])
 
 
 def test_prepared_splits_hold_audio_undecoded_with_header_durations(tmp_path):

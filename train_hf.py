@@ -22,13 +22,13 @@ import sys
 import time
 import warnings
 from collections import Counter
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import soundfile
 import torch
-from datasets import Audio, Dataset, concatenate_datasets, load_dataset
+from datasets import Audio, Dataset, IterableDataset, concatenate_datasets, load_dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoTokenizer,
@@ -58,6 +58,8 @@ from brope_asr import (
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
+DEFAULT_MAX_STEPS = 2500
+TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -127,6 +129,8 @@ def audio_seconds(value, name: str) -> float:
     source, _ = audio_source(value)
     if isinstance(source, dict):
         return len(source["array"]) / int(source["sampling_rate"])
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise ValueError(f"{name}: no such file")
     try:
         info = soundfile.info(source)
     except FileNotFoundError:
@@ -195,32 +199,42 @@ def load_splits(args) -> dict[str, Dataset]:
     else:
         table = read_audio_folder(Path(args.data_dir))
         audio_column, text_column = "file_name", "transcription"
+    streaming = getattr(args, "streaming", False)
     if table is None:  # the hub, or a folder of parquet shards: datasets finds the splits
-        splits = {key: load_dataset(args.dataset, args.dataset_config, split=name) for key, name in names.items()}
+        splits = {key: load_dataset(args.dataset, args.dataset_config, split=name, streaming=streaming and key == "train")
+                  for key, name in names.items()}
     elif "split" not in table.column_names:
         raise ValueError(f"{args.dataset or args.data_dir} has no column 'split'; its columns are {table.column_names}")
     else:
         splits = {key: table.filter(lambda row, name=name: row["split"] == name) for key, name in names.items()}
+        if streaming:  # shards, so that processes under torchrun each read their own
+            splits["train"] = splits["train"].to_iterable_dataset(num_shards=min(64, max(1, len(splits["train"]))))
+    if streaming and args.hold_out_speaker:
+        raise ValueError("--hold-out-speaker needs the whole training split; it cannot be combined with --streaming")
     for key, split in splits.items():
+        columns = split.column_names or []  # a stream may not know its columns before it is read
         for column in (audio_column, text_column):
-            if column not in split.column_names:
-                raise ValueError(f"{key} split has no column {column!r}; its columns are {split.column_names}")
-        if isinstance(split.features[audio_column], Audio):
+            if columns and column not in columns:
+                raise ValueError(f"{key} split has no column {column!r}; its columns are {columns}")
+        if split.features and isinstance(split.features.get(audio_column), Audio):
             split = split.cast_column(audio_column, Audio(decode=False))  # decoded with soundfile, per batch
-        extra = [column for column in ("source", "speaker") if column in split.column_names]  # optional metadata
+        extra = [column for column in ("source", "speaker") if column in columns]  # optional metadata
         split = split.select_columns([audio_column, text_column, *extra]).rename_columns(
             {audio_column: "audio", text_column: "text"}
         )
-        for column in ("source", "speaker"):
-            if column not in extra:
+        missing = {column: "" for column in ("source", "speaker") if column not in extra}
+        if missing and isinstance(split, IterableDataset):
+            split = split.map(lambda row: missing)
+        elif missing:
+            for column in missing:
                 split = split.add_column(column, [""] * len(split))
         splits[key] = split
     if args.hold_out_speaker:
         splits = hold_out_speaker(splits, args.hold_out_speaker)
     for key in ("train", "validation"):
-        if key not in splits or len(splits[key]) == 0:
+        if key not in splits or (not isinstance(splits[key], IterableDataset) and len(splits[key]) == 0):
             raise ValueError(f"the {key} split ({names.get(key)!r}) is missing or empty")
-    return {key: split for key, split in splits.items() if len(split)}
+    return {key: split for key, split in splits.items() if isinstance(split, IterableDataset) or len(split)}
 
 
 def hold_out_speaker(splits: dict[str, Dataset], speaker: str) -> dict[str, Dataset]:
@@ -236,50 +250,86 @@ def hold_out_speaker(splits: dict[str, Dataset], speaker: str) -> dict[str, Data
     return {**kept, "test": concatenate_datasets(held)}
 
 
-def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, skip_bad: bool, decode: bool) -> Dataset:
-    """Check every row and tokenize its transcript (ending with eos); the audio stays as the dataset holds it.
+def prepare_row(row: dict, index: int | None, key: str, tokenizer, config: BRoPEASRConfig, decode: bool) -> dict:
+    """Check one row and tokenize its transcript (ending with eos); the audio itself is not returned.
 
-    A row is bad if its audio cannot be read or used, is longer than `max_source_positions`, or
-    its transcript is longer than `max_target_positions`. Every row's header is read (soundfile
-    reads no samples for it); with `decode` (validation and test, which every evaluation reads
-    whole) the samples are decoded and checked too, so evaluation never meets a bad row. Nothing
-    decoded is kept: the collator decodes each clip when its batch is built (`ClipReader`). With
-    `skip_bad` bad rows are dropped with a warning and a count; otherwise the run stops listing
-    every bad row.
+    A row is bad if its audio cannot be read or used, is longer than `max_source_positions`, or its
+    transcript is longer than `max_target_positions`. The audio's header is read (soundfile reads
+    no samples for it); with `decode` the samples are decoded and checked too.
     Returns:
-        the rows with columns audio (as given), name ("split row i (file)"), text, labels, seconds,
-        source and speaker.
+        name ("split row i (file)", or "split (file)" for a stream, whose order is not fixed), text,
+        labels, seconds, and error ("" for a good row).
     """
+    _, file_name = audio_source(row["audio"])
+    name = f"{key} ({file_name})" if index is None else f"{key} row {index} ({file_name})"
+    try:
+        seconds = len(read_clip(row["audio"], name)) / SAMPLE_RATE if decode else audio_seconds(row["audio"], name)
+        if seconds * SAMPLE_RATE // HOP_LENGTH > config.max_source_positions:
+            raise ValueError(f"{name}: {seconds:.1f} s is longer than max_source_positions={config.max_source_positions} frames")
+        text = normalize_text(row["text"])
+        labels = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        if len(labels) > config.max_target_positions:
+            raise ValueError(f"{name}: transcript of {len(labels)} tokens exceeds max_target_positions")
+    except ValueError as error:
+        return {"name": name, "text": "", "labels": [], "seconds": 0.0, "error": str(error)}
+    return {"name": name, "text": text, "labels": labels, "seconds": seconds, "error": ""}
 
-    def prepare(row, index):
-        _, file_name = audio_source(row["audio"])
-        name = f"{key} row {index} ({file_name})"
-        try:
-            seconds = len(read_clip(row["audio"], name)) / SAMPLE_RATE if decode else audio_seconds(row["audio"], name)
-            if seconds * SAMPLE_RATE // HOP_LENGTH > config.max_source_positions:
-                raise ValueError(f"{name}: {seconds:.1f} s is longer than max_source_positions={config.max_source_positions} frames")
-            text = normalize_text(row["text"])
-            labels = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-            if len(labels) > config.max_target_positions:
-                raise ValueError(f"{name}: transcript of {len(labels)} tokens exceeds max_target_positions")
-        except ValueError as error:
-            return {"name": name, "text": "", "labels": [], "seconds": 0.0, "error": str(error)}
-        return {"name": name, "text": text, "labels": labels, "seconds": seconds, "error": ""}
 
-    kept = ("audio", "source", "speaker")  # passed through: the audio itself, per-source test WER, the speakers' word pools
-    removed = [column for column in split.column_names if column not in kept]
-    prepared = split.map(prepare, with_indices=True, remove_columns=removed, desc=f"checking {key}")
+def prepare_split(split: Dataset, key: str, tokenizer, config: BRoPEASRConfig, skip_bad: bool, decode: bool) -> Dataset:
+    """Check every row (`prepare_row`) and tokenize its transcript; the audio stays as the dataset holds it.
+
+    Every row's header is read before training; with `decode` (validation and test, which every
+    evaluation reads whole) the samples are decoded and checked too, so evaluation never meets a
+    bad row. Nothing decoded is kept, and the audio column is not copied: the checked columns are
+    joined to it side by side, and the collator decodes each clip when its batch is built
+    (`ClipReader`). With `skip_bad` bad rows are dropped with a warning and a count; otherwise the
+    run stops listing every bad row.
+    Returns:
+        the rows with columns audio (as given), source, speaker, name, text, labels and seconds.
+    """
+    checked = split.map(
+        partial(prepare_row, key=key, tokenizer=tokenizer, config=config, decode=decode),
+        with_indices=True, remove_columns=split.column_names, desc=f"checking {key}",
+    )
+    prepared = concatenate_datasets([split.select_columns(["audio", "source", "speaker"]), checked], axis=1)
     errors = [e for e in prepared["error"] if e]
     if errors and not skip_bad:
         raise ValueError(f"{len(errors)} bad rows in the {key} split:\n" + "\n".join(errors))
     if errors:
         warnings.warn(f"skipped {len(errors)} bad rows of {len(prepared)} in the {key} split:\n" + "\n".join(errors))
-        prepared = prepared.filter(lambda row: not row["error"])
+        prepared = prepared.filter(lambda error: not error, input_columns="error")
     # Counted on the token ids, so it holds for any tokenizer, not only the character one.
     unknown = sum(labels.count(tokenizer.unk_token_id) for labels in prepared["labels"]) if tokenizer.unk_token else 0
     if unknown:
         warnings.warn(f"{unknown} characters in the {key} split are not in the tokenizer and map to {tokenizer.unk_token}")
     return prepared.remove_columns("error")
+
+
+def stream_split(
+    split: IterableDataset, tokenizer, config: BRoPEASRConfig, skip_bad: bool, seed: int, buffer_size: int
+) -> tuple[IterableDataset, list[str]]:
+    """The training split as a stream (`--streaming`): shuffled in a buffer, each row checked as it comes.
+
+    Rows are checked by their header (`prepare_row`) and their samples decoded when the batch is
+    built, as in map-style training. A bad row is skipped with a warning naming it and recorded in
+    the returned list, or, without `skip_bad`, stops the run.
+    Returns:
+        (the stream with the columns of `prepare_split`, the bad rows' errors so far).
+    """
+    skipped = []
+
+    def good(error: str) -> bool:
+        if error and not skip_bad:
+            raise ValueError(f"bad row in the train split: {error}")
+        if error:
+            skipped.append(error)
+            warnings.warn(f"skipped a bad row: {error}")
+        return not error
+
+    checked = split.shuffle(seed=seed, buffer_size=buffer_size).map(
+        lambda row: prepare_row(row, None, "train", tokenizer, config, decode=False)
+    )
+    return checked.filter(good, input_columns="error").remove_columns("error"), skipped
 
 
 class ClipReader:
@@ -944,12 +994,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     data.add_argument("--join-probability", type=float, default=0.6, help="chance that a one-word training clip becomes a string of its speaker's words")
     data.add_argument("--augment-probability", type=float, default=1.0, help="share of training examples augmented (the rest stay clean)")
+    data.add_argument("--streaming", action="store_true",
+                      help="read the training split as a stream (shuffled in a buffer, sharded among processes); needs --max-steps")
+    data.add_argument("--shuffle-buffer", type=int, default=1000, help="with --streaming: rows in the shuffle buffer")
     data.add_argument("--group-by-length", action="store_true",
                       help="batch training clips of similar length (transformers' length-grouped sampler on each clip's duration)")
     data.add_argument("--non-speech", type=float, default=0.08, help="share of training examples replaced by non-speech labelled empty")
     train = parser.add_argument_group("training")
     train.add_argument("--output-dir", default="runs/small")
-    train.add_argument("--max-steps", type=int, default=2500)
+    train.add_argument("--max-steps", type=int, help=f"optimizer steps (default {DEFAULT_MAX_STEPS}; required with --streaming)")
     train.add_argument("--batch-size", type=int, default=16)
     train.add_argument("--learning-rate", type=float, default=2e-3)
     train.add_argument("--mix-learning-rate-scale", type=float, default=1.0,
@@ -967,8 +1020,17 @@ def main(argv=None) -> dict:
     """Train, save, and test; returns the test metrics (none without a test split) and "train_seconds"."""
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    if args.max_steps is None and args.streaming:
+        raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by")
+    if args.streaming and args.group_by_length:
+        raise ValueError("--group-by-length needs every clip's length up front; it cannot be combined with --streaming")
+    args.max_steps = args.max_steps or DEFAULT_MAX_STEPS
     splits = load_splits(args)
-    train_texts = [normalize_text(text) for text in splits["train"]["text"]]
+    train = splits["train"]
+    if args.streaming:  # the tokenizer learns from the stream's first rows
+        train_texts = [normalize_text(row["text"]) for row in train.select_columns(["text"]).take(TOKENIZER_ROWS)]
+    else:
+        train_texts = [normalize_text(text) for text in train["text"]]
     if args.tokenizer and args.tokenizer.startswith("bpe:"):
         tokenizer = build_bpe_tokenizer(train_texts, int(args.tokenizer.removeprefix("bpe:")))
     elif args.tokenizer:
@@ -993,18 +1055,27 @@ def main(argv=None) -> dict:
         **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
     )
     skip_bad = args.on_bad_audio == "skip"
-    prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad, decode=key != "train") for key, split in splits.items()}
-    max_label = max(len(labels) for split in prepared.values() for labels in split["labels"])
-    # The fastest speech in training, with a 1.5x margin for faster speakers, bounds every transcript's
-    # length by its clip's duration in generate: non-speech or a confused decode cannot run away.
-    rates = [(len(labels) - 1) / seconds for labels, seconds in zip(prepared["train"]["labels"], prepared["train"]["seconds"])]
-    config.max_tokens_per_second = float(math.ceil(1.5 * max(rates)))
     augmentations = parse_augmentations(args.augment)
+    varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
+    prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad, decode=key != "train")
+                for key, split in splits.items() if not isinstance(split, IterableDataset)}
+    stream_skipped = []
+    if args.streaming:
+        prepared["train"], stream_skipped = stream_split(train, tokenizer, config, skip_bad, args.seed, args.shuffle_buffer)
+    max_label = max(len(labels) for key, split in prepared.items() if key != "train" or not args.streaming for labels in split["labels"])
+    # The fastest speech in training (a stream: in validation), with a 1.5x margin for faster speakers,
+    # bounds every transcript's length by its clip's duration in generate: non-speech or a confused
+    # decode cannot run away.
+    timed = prepared["validation" if args.streaming else "train"]
+    rates = [(len(labels) - 1) / seconds for labels, seconds in zip(timed["labels"], timed["seconds"])]
+    config.max_tokens_per_second = float(math.ceil(1.5 * max(rates)))
     for key, split in prepared.items():
-        varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
-        prepared[key] = split.add_column("augment", [varied and key == "train"] * len(split))
-    pools = word_pools(prepared["train"]) if args.join_probability > 0 else {}
-    reader = ClipReader(args.audio_cache_mb, skip_bad)
+        if key == "train" and args.streaming:
+            prepared[key] = split.map(lambda row: {"augment": varied})
+        else:
+            prepared[key] = split.add_column("augment", [varied and key == "train"] * len(split))
+    pools = word_pools(prepared["train"]) if args.join_probability > 0 and not args.streaming else {}
+    reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad)
     collator = Collator(
         config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability, reader=reader
     )
@@ -1012,6 +1083,7 @@ def main(argv=None) -> dict:
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(output_dir),
         max_steps=args.max_steps,
+        accelerator_config={"dispatch_batches": False},  # a stream's shards are split among processes, each reads its own
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
         length_column_name="seconds",
         per_device_train_batch_size=args.batch_size,
@@ -1060,9 +1132,11 @@ def main(argv=None) -> dict:
     trainer.mix_learning_rate_scale = args.mix_learning_rate_scale
     if trainer.is_world_process_zero():
         model.initialization_report()
-        counts = ", ".join(f"{key} {len(split)}" for key, split in prepared.items())
+        counts = ", ".join(f"{key} {'streamed' if isinstance(split, IterableDataset) else len(split)}" for key, split in prepared.items())
         print(f"clips: {counts}; vocabulary {len(tokenizer)}; input_mode {config.input_mode}, "
               f"betweenness {config.use_betweenness}, blend_attention {config.blend_attention}, ctc_weight {config.ctc_weight}")
+        if args.streaming and args.join_probability > 0:
+            print("--streaming: words are not joined (the speakers' word pools need the whole training split)")
         print(f"augmentations: {', '.join(augmentations) or 'none'}; words joined from {len(pools)} speakers "
               f"(probability {args.join_probability}); non-speech share {args.non_speech}; "
               f"at most {config.max_tokens_per_second} tokens per second of audio")
@@ -1070,7 +1144,7 @@ def main(argv=None) -> dict:
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
     trainer.save_model(str(output_dir))  # model (safetensors), processor (feature extractor and tokenizer), brope_asr.py
-    results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step, "skipped_at_batch_time": len(reader.skipped),
+    results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step, "skipped_at_batch_time": len(reader.skipped) + len(stream_skipped),
                "padding_fraction": collator.frames["padded"] / max(1, collator.frames.total())}
     if "test" in prepared:
         prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
@@ -1089,9 +1163,9 @@ def main(argv=None) -> dict:
         print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
         padding = collator.frames["padded"] / max(1, collator.frames.total())
         print(f"padding: {100 * padding:.1f}% of the mel frames in training batches" + (" (grouped by length)" if args.group_by_length else ""))
-        if reader.skipped:
-            print(f"{len(reader.skipped)} training rows could not be decoded when their batch was built and were skipped:\n"
-                  + "\n".join(reader.skipped.values()))
+        if reader.skipped or stream_skipped:
+            bad = [*stream_skipped, *reader.skipped.values()]
+            print(f"{len(bad)} training rows were bad when their batch was built and were skipped:\n" + "\n".join(bad))
         if "test_wer" in results:
             for source, count in sorted(Counter(s for s in test_sources if s).items()):
                 print(f"test {source}: WER {100 * results[f'test_wer_{source}']:.2f}% "
