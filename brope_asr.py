@@ -33,6 +33,7 @@ import argparse
 import io
 import math
 import sys
+from pathlib import Path
 from collections import Counter
 from typing import Literal
 
@@ -82,6 +83,8 @@ __all__ = [
     "char_error_rate",
     "token_scores",
     "transcribe",
+    "transcribe_file",
+    "read_blocks",
     "speech_windows",
     "window_seconds",
     "join_windows",
@@ -309,6 +312,24 @@ def log_mel_spectrogram(
     return features[0] if single else features
 
 
+def resample_kernel(orig_sr: int, target_sr: int) -> tuple[torch.Tensor, int, int, int]:
+    """The polyphase kernel of `resample`: (kernel (up, 2 width + down) float32, width, up, down)."""
+    if orig_sr <= 0 or target_sr <= 0:
+        raise ValueError(f"sampling rates must be positive, got {orig_sr} -> {target_sr}")
+    gcd = math.gcd(orig_sr, target_sr)
+    up, down = target_sr // gcd, orig_sr // gcd
+    zero_crossings, rolloff = 6, 0.99
+    cutoff = min(up, down) * rolloff
+    width = math.ceil(zero_crossings * down / cutoff)
+    # Kernel row j gives output phase j: taps at input offsets -width .. width + down, in units of
+    # the input period, evaluated at t = (offset / down - j / up) * cutoff.
+    offsets = torch.arange(-width, width + down, dtype=torch.float64) / down
+    t = (offsets[None, :] - torch.arange(up, dtype=torch.float64)[:, None] / up) * cutoff
+    t = t.clamp(-zero_crossings, zero_crossings)
+    window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
+    return (torch.special.sinc(t) * window * cutoff / down).float(), width, up, down
+
+
 def resample(audio: torch.Tensor | np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> torch.Tensor:
     """Band-limited resampling by a Hann-windowed sinc kernel (Smith's bandlimited interpolation).
 
@@ -323,29 +344,61 @@ def resample(audio: torch.Tensor | np.ndarray, orig_sr: int, target_sr: int = SA
         (..., ceil(N * target_sr / orig_sr)) float32.
     """
     audio = torch.as_tensor(audio).float()
-    if orig_sr <= 0 or target_sr <= 0:
-        raise ValueError(f"sampling rates must be positive, got {orig_sr} -> {target_sr}")
-    if orig_sr == target_sr:
+    if orig_sr == target_sr and orig_sr > 0:
         return audio
-    gcd = math.gcd(orig_sr, target_sr)
-    up, down = target_sr // gcd, orig_sr // gcd
-    zero_crossings, rolloff = 6, 0.99
-    cutoff = min(up, down) * rolloff
-    width = math.ceil(zero_crossings * down / cutoff)
-    # Kernel row j gives output phase j: taps at input offsets -width .. width + down, in units of
-    # the input period, evaluated at t = (offset / down - j / up) * cutoff.
-    offsets = torch.arange(-width, width + down, dtype=torch.float64, device=audio.device) / down
-    t = (offsets[None, :] - torch.arange(up, dtype=torch.float64, device=audio.device)[:, None] / up) * cutoff
-    t = t.clamp(-zero_crossings, zero_crossings)
-    window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
-    kernel = (torch.special.sinc(t) * window * cutoff / down).float()  # (up, K)
-
+    kernel, width, up, down = resample_kernel(orig_sr, target_sr)
     shape = audio.shape
     flat = F.pad(audio.reshape(math.prod(shape[:-1]), 1, shape[-1]), (width, width + down))
-    out = F.conv1d(flat, kernel[:, None, :], stride=down)  # (batch, up, steps): phase-major
+    out = F.conv1d(flat, kernel.to(audio.device)[:, None, :], stride=down)  # (batch, up, steps): phase-major
     out = out.transpose(1, 2).reshape(flat.shape[0], -1)
     target_length = math.ceil(up * shape[-1] / down)
     return out[:, :target_length].reshape(*shape[:-1], target_length)
+
+
+def read_blocks(path, block_seconds: float = 60.0, sampling_rate: int = SAMPLE_RATE):
+    """Read a file as consecutive mono float32 blocks at `sampling_rate`, holding one block at a time.
+
+    The blocks joined are `load_audio(path)` exactly (up to float rounding): each block is resampled
+    with the neighbouring input samples the kernel reaches, so no seam is heard. Errors name the
+    file (missing, undecodable, or NaN/Inf samples).
+    Yields:
+        (N_k,) float32 tensors, about `block_seconds` each.
+    """
+    name = str(path)
+    if not Path(path).is_file():
+        raise ValueError(f"{name}: no such file")
+    try:
+        file = soundfile.SoundFile(path)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise ValueError(f"{name}: cannot decode audio ({error})") from None
+    with file:
+        kernel, width, up, down = resample_kernel(file.samplerate, sampling_rate)
+        total = file.frames
+        steps_per_block = max(1, int(block_seconds * file.samplerate) // down)
+        # The resampler's step m reads input samples [m down - width, m down + width + down); the
+        # buffer holds input from `offset` on, zero before the start and after the end.
+        buffer, offset, step, emitted = torch.zeros(width), -width, 0, 0
+        target_length = math.ceil(up * total / down)
+        while emitted < target_length:
+            chunk = file.read(steps_per_block * down, dtype="float32", always_2d=True)
+            if len(chunk) and not np.isfinite(chunk).all():
+                raise ValueError(f"{name}: clip contains NaN or Inf samples")
+            buffer = torch.cat([buffer, torch.from_numpy(chunk.mean(axis=1))])
+            if len(chunk) < steps_per_block * down:  # the end: the padding the whole-file resampler adds
+                buffer = torch.cat([buffer, torch.zeros(width + down)])
+            last = (offset + len(buffer) - width - down) // down + 1  # steps whose inputs are all in the buffer
+            if last <= step:
+                continue
+            if up == down:
+                block = buffer[step * down - offset : last * down - offset]
+            else:
+                piece = buffer[step * down - width - offset : (last - 1) * down + width + down - offset]
+                block = F.conv1d(piece[None, None], kernel[:, None, :], stride=down)[0].T.reshape(-1)
+            block = block[: target_length - emitted]
+            emitted += len(block)
+            keep = last * down - width - offset  # the next step's first input
+            buffer, offset, step = buffer[keep:], offset + keep, last
+            yield block
 
 
 def load_audio(source, sampling_rate: int = SAMPLE_RATE, name: str | None = None) -> torch.Tensor:
@@ -1430,6 +1483,49 @@ def transcribe(
     return [join_windows(clip_texts) for clip_texts in per_clip]
 
 
+def transcribe_file(
+    model: BRoPEASRForConditionalGeneration,
+    tokenizer,
+    path,
+    num_beams: int = 1,
+    max_window_seconds: float | None = None,
+    block_seconds: float = 120.0,
+    batch_size: int = 32,
+) -> str:
+    """Transcribe an audio file of any length in memory bounded by `block_seconds`, not by the file.
+
+    The file is read in blocks (`read_blocks`); whenever the unheard audio reaches `block_seconds`
+    it is cut into windows as `transcribe` cuts a recording (`speech_windows`), and every window
+    but the last is decoded; the last, which the block's end may have cut, starts the next block.
+    A file shorter than `block_seconds` gives exactly `transcribe(model, tokenizer, [load_audio(path)])`.
+
+    Args:
+        path: any file soundfile reads, any rate, mono or stereo.
+        block_seconds: audio held at once, at least twice the window.
+    Raises:
+        ValueError naming the file: missing, not decodable, too short, or NaN/Inf samples.
+    """
+    seconds = window_seconds(model.config, max_window_seconds)
+    if block_seconds < 2 * seconds:
+        raise ValueError(f"block_seconds={block_seconds} must be at least twice the {seconds:.1f}-s window")
+    texts, pending, heard = [], torch.zeros(0), 0
+
+    def decode(pieces: list[torch.Tensor]):
+        for first in range(0, len(pieces), batch_size):
+            texts.extend(transcribe(model, tokenizer, pieces[first : first + batch_size], num_beams, seconds, batch_size))
+
+    for block in read_blocks(path, block_seconds / 4):
+        pending, heard = torch.cat([pending, block]), heard + len(block)
+        if len(pending) >= block_seconds * SAMPLE_RATE:
+            spans = speech_windows(pending, int(seconds * SAMPLE_RATE))
+            decode([pending[start:end] for start, end in spans[:-1]])
+            pending = pending[spans[-1][0] if spans else len(pending) :]
+    if heard < N_FFT:
+        raise ValueError(f"{path}: clip has {heard} samples, needs at least {N_FFT} (25 ms)")
+    decode([pending])
+    return join_windows(texts)
+
+
 # ------------------------------------------------------------------------ Hugging Face: processor, pipeline
 
 
@@ -1719,8 +1815,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     for path in args.files:
         try:
-            audio = load_audio(path)
-            text = transcribe(model, tokenizer, [audio], args.num_beams, args.max_window_seconds)[0]
+            text = transcribe_file(model, tokenizer, path, args.num_beams, args.max_window_seconds)
         except ValueError as error:
             message = str(error)
             print(message if message.startswith(path) else f"{path}: {message}", file=sys.stderr, flush=True)

@@ -41,7 +41,6 @@ import csv
 import math
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -73,7 +72,6 @@ from brope_asr import (
     load_audio,
     log_mel_spectrogram,
     rope_frequencies,
-    speech_windows,
     transcribe,
     window_seconds,
     word_error_rate,
@@ -817,6 +815,23 @@ def padding_report(data_dir: str = "data", batch_size: int = 16, epochs: int = 2
     return "\n".join(lines)
 
 
+TRANSCRIBE_FILE = """
+import json, resource, sys, time
+import torch
+from transformers import PreTrainedTokenizerFast
+from brope_asr import BRoPEASRForConditionalGeneration, transcribe_file
+run_dir, path, window, threads = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+model = BRoPEASRForConditionalGeneration.from_pretrained(run_dir).eval()
+tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
+loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+started = time.perf_counter()
+text = transcribe_file(model, tokenizer, path, max_window_seconds=window)
+elapsed = time.perf_counter() - started
+print(json.dumps({"text": text, "seconds": elapsed, "loaded": loaded, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
 def long_audio_report(
     run_dir: str,
     minutes: tuple[float, ...] = (1, 5, 20),
@@ -824,13 +839,20 @@ def long_audio_report(
     max_window_seconds: float | None = None,
     split: str = "test",
 ) -> str:
-    """Transcribe recordings of `minutes` joined from the test split's clips; a markdown table.
+    """Transcribe files of `minutes` joined from a split's clips, as `brope_asr.py transcribe` does; a markdown table.
 
-    Each recording cycles through the test clips in a seeded order, each followed by a pause of
-    0.3-0.7 s of silence, until it is at least that long; its reference is the clips' transcripts
-    joined. The model decodes it in windows (`transcribe`); the same clips decoded one by one give
-    the WER the windows are compared with. Peak memory is the process's maximum resident set so far.
+    Each recording cycles through the clips in a seeded order, each followed by a pause of 0.3-0.7 s
+    of silence, until it is at least that long, and is written to a 16-bit FLAC file; its reference
+    is the clips' transcripts joined. A fresh process transcribes the file (`transcribe_file`: read
+    a block at a time, cut into windows, decoded) and reports its time and peak resident memory, so
+    memory is the transcriber's alone; the same clips decoded one by one give the WER the file is
+    compared with.
     """
+    import json
+    import subprocess
+    import tempfile
+
+    import soundfile
     from transformers import PreTrainedTokenizerFast
 
     model = BRoPEASRForConditionalGeneration.from_pretrained(run_dir).eval()
@@ -846,8 +868,8 @@ def long_audio_report(
         f"model {run_dir}: windows of at most {window:.1f} s; {len(clips)} {split} clips, "
         f"WER decoded one by one {100 * word_error_rate(alone, texts):.2f}%",
         "",
-        "| recording | windows | WER | WER of its clips one by one | real-time factor | peak memory |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| recording | WER | WER of its clips one by one | real-time factor | peak memory (model loaded / transcribing) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for length in minutes:
         parts, order, total = [], [], 0
@@ -859,19 +881,23 @@ def long_audio_report(
                 total += len(clips[i]) + len(pause)
                 if total >= length * 60 * SAMPLE_RATE:
                     break
-        recording = torch.cat(parts)
         progress(f"long audio: {length} min, {len(order)} clips")
-        started = time.perf_counter()
-        text = transcribe(model, tokenizer, [recording], max_window_seconds=window)[0]
-        elapsed = time.perf_counter() - started
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "recording.flac"
+            soundfile.write(path, torch.cat(parts).clamp(-1, 1).numpy(), SAMPLE_RATE, subtype="PCM_16")
+            seconds = total / SAMPLE_RATE
+            del parts
+            result = subprocess.run(
+                [sys.executable, "-c", TRANSCRIBE_FILE, run_dir, str(path), str(window), str(torch.get_num_threads())],
+                capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+            )
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
         reference = " ".join(texts[i] for i in order)
         one_by_one = " ".join(alone[i] for i in order if alone[i])
-        windows = len(speech_windows(recording, int(window * SAMPLE_RATE)))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
         lines.append(
-            f"| {len(recording) / SAMPLE_RATE / 60:.1f} min ({len(order)} clips) | {windows} | "
-            f"{100 * word_error_rate([text], [reference]):.2f}% | {100 * word_error_rate([one_by_one], [reference]):.2f}% | "
-            f"{elapsed / (len(recording) / SAMPLE_RATE):.4f} | {bytes_text(peak)} |"
+            f"| {seconds / 60:.1f} min ({len(order)} clips) | "
+            f"{100 * word_error_rate([measured['text']], [reference]):.2f}% | {100 * word_error_rate([one_by_one], [reference]):.2f}% | "
+            f"{measured['seconds'] / seconds:.4f} | {bytes_text(measured['loaded'])} / {bytes_text(measured['peak'])} |"
         )
     return "\n".join(lines)
 
