@@ -816,7 +816,7 @@ def padding_report(data_dir: str = "data", batch_size: int = 16, epochs: int = 2
 
 
 TRANSCRIBE_FILE = """
-import json, resource, sys, time
+import json, sys, time
 import torch
 from transformers import PreTrainedTokenizerFast
 from brope_asr import BRoPEASRForConditionalGeneration, transcribe_file
@@ -824,11 +824,14 @@ run_dir, path, window, threads = sys.argv[1], sys.argv[2], float(sys.argv[3]), i
 torch.set_num_threads(threads)
 model = BRoPEASRForConditionalGeneration.from_pretrained(run_dir).eval()
 tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak():  # this process's own high-water mark (ru_maxrss would carry the parent's from before exec)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+loaded = peak()
 started = time.perf_counter()
 text = transcribe_file(model, tokenizer, path, max_window_seconds=window)
 elapsed = time.perf_counter() - started
-print(json.dumps({"text": text, "seconds": elapsed, "loaded": loaded, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"text": text, "seconds": elapsed, "loaded": loaded, "peak": peak()}))
 """
 
 
@@ -846,7 +849,7 @@ def long_audio_report(
     is the clips' transcripts joined. A fresh process transcribes the file (`transcribe_file`: read
     a block at a time, cut into windows, decoded) and reports its time and peak resident memory, so
     memory is the transcriber's alone; the same clips decoded one by one give the WER the file is
-    compared with.
+    compared with. (Linux: memory is the process's VmHWM.)
     """
     import json
     import subprocess
