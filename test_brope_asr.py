@@ -486,7 +486,8 @@ def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, downsampling_fa
     torch.manual_seed(0)
     model = move_off_init(
         tiny_model(input_mode=input_mode, downsampling_factor=downsampling_factor, use_betweenness=True,
-                   blend_attention=True, normalize_features=True)  # the clip mean must not see padding either
+                   blend_attention=True, normalize_features=True,  # the clip mean must not see padding either
+                   absolute_encoder_positions=True)
     )
     short, long = random_clips(9 * 160 + 37, 20 * 160)  # 9 frames: odd, the downsampling edge case
     ids = decoder_ids(1, 7)
@@ -506,6 +507,23 @@ def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, downsampling_fa
     # 1e-4: batching changes float32 summation order (up to 1e-5 seen); a leak of padding moves 1e-2 and more.
     assert_close(batched.encoder_last_hidden_state[:1, :frames], alone.encoder_last_hidden_state, atol=1e-4)
     assert_close(batched.logits[:1], alone.logits, atol=1e-4)
+
+
+def test_absolute_encoder_positions_are_whispers_sinusoids_added_to_every_frame():
+    whisper = transformers.WhisperForConditionalGeneration(
+        transformers.WhisperConfig(d_model=64, max_source_positions=50, encoder_layers=1, decoder_layers=1,
+                                   encoder_attention_heads=2, decoder_attention_heads=2, vocab_size=100, pad_token_id=0,
+                                   bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
+    )
+    assert_close(brope_asr.sinusoids(50, 64), whisper.model.encoder.embed_positions.weight.detach(), atol=1e-6)
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model()).eval()
+    inputs = audio_inputs(model.config, 16000)
+    states = {}
+    for on in (False, True):
+        model.config.absolute_encoder_positions = on
+        states[on] = model.get_encoder()(**inputs).last_hidden_state
+    assert (states[True] - states[False]).abs().amax(-1).min() > 1e-2  # every frame moved by its position
 
 
 def test_feature_normalization_makes_outputs_independent_of_gain():

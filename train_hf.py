@@ -971,6 +971,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--blend-attention", action=argparse.BooleanOptionalAction, default=False, help="dot/cosine blend")
     model.add_argument("--ctc-weight", type=float, default=0.0, help="weight of the auxiliary CTC loss (0 = off)")
     model.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, help="per-clip log-mel mean removal (default: the preset's)")
+    model.add_argument("--absolute-positions", action=argparse.BooleanOptionalAction, default=None,
+                       help="add sinusoidal absolute positions to the encoder states (default: the preset's)")
     model.add_argument("--dropout", type=float, help="residual and embedding dropout (default: the preset's)")
     model.add_argument("--downsampling-factor", type=int, choices=(1, 2, 4, 8), help="mel frames per encoder frame (default: the preset's)")
     data = parser.add_argument_group("data")
@@ -1052,6 +1054,7 @@ def main(argv=None) -> dict:
         ctc_weight=args.ctc_weight,
         **({"downsampling_factor": args.downsampling_factor} if args.downsampling_factor else {}),
         **({"dropout": args.dropout} if args.dropout is not None else {}),
+        **({"absolute_encoder_positions": args.absolute_positions} if args.absolute_positions is not None else {}),
         **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
     )
     skip_bad = args.on_bad_audio == "skip"
