@@ -33,8 +33,8 @@ import argparse
 import io
 import math
 import sys
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -368,13 +368,7 @@ def read_blocks(path, block_seconds: float = 60.0, sampling_rate: int = SAMPLE_R
         (N_k,) float32 tensors, about `block_seconds` each.
     """
     name = str(path)
-    if not Path(path).is_file():
-        raise ValueError(f"{name}: no such file")
-    try:
-        file = soundfile.SoundFile(path)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"{name}: cannot decode audio ({error})") from None
-    with file:
+    with open_audio(path, name) as file:
         kernel, width, up, down = resample_kernel(file.samplerate, sampling_rate)
         total = file.frames
         steps_per_block = max(1, int(block_seconds * file.samplerate) // down)
@@ -417,13 +411,24 @@ def load_audio(source, sampling_rate: int = SAMPLE_RATE, name: str | None = None
         (N,) float32.
     """
     name = str(source) if name is None else name
+    with open_audio(source, name) as file:
+        samples, file_sr = file.read(dtype="float32", always_2d=True), file.samplerate
+    return check_audio(resample(samples.mean(axis=1), file_sr, sampling_rate), name)
+
+
+def open_audio(source, name: str) -> soundfile.SoundFile:
+    """Open a path or file object with soundfile, or raise ValueError naming `name`: no such file, or not decodable."""
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise ValueError(f"{name}: no such file")
     try:
-        samples, file_sr = soundfile.read(source, dtype="float32", always_2d=True)
-    except FileNotFoundError:
-        raise ValueError(f"{name}: no such file") from None
+        return soundfile.SoundFile(source)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise ValueError(f"{name}: cannot decode audio ({error})") from None
-    return check_audio(resample(samples.mean(axis=1), file_sr, sampling_rate), name)
+
+
+def audio_array(samples, sampling_rate: int, name: str) -> torch.Tensor:
+    """Decoded samples ((N,), or channels on the shorter axis) at any rate -> checked (N,) float32 at 16 kHz."""
+    return check_audio(resample(mono(samples), int(sampling_rate)), name)
 
 
 def check_audio(samples: torch.Tensor, name: str) -> torch.Tensor:
@@ -1528,20 +1533,16 @@ def transcribe_file(
     if block_seconds < 2 * seconds:
         raise ValueError(f"block_seconds={block_seconds} must be at least twice the {seconds:.1f}-s window")
     texts, pending, heard = [], torch.zeros(0), 0
-
-    def decode(pieces: list[torch.Tensor]):
-        for first in range(0, len(pieces), batch_size):
-            texts.extend(transcribe(model, tokenizer, pieces[first : first + batch_size], num_beams, seconds, batch_size))
-
     for block in read_blocks(path, block_seconds / 4):
         pending, heard = torch.cat([pending, block]), heard + len(block)
         if len(pending) >= block_seconds * SAMPLE_RATE:
             spans = speech_windows(pending, int(seconds * SAMPLE_RATE))
-            decode([pending[start:end] for start, end in spans[:-1]])
+            pieces = [pending[start:end] for start, end in spans[:-1]]
+            texts += transcribe(model, tokenizer, pieces, num_beams, seconds, batch_size)  # `batch_size` windows at a time
             pending = pending[spans[-1][0] if spans else len(pending) :]
     if heard < N_FFT:
         raise ValueError(f"{path}: clip has {heard} samples, needs at least {N_FFT} (25 ms)")
-    decode([pending])
+    texts += transcribe(model, tokenizer, [pending], num_beams, seconds, batch_size)
     return join_windows(texts)
 
 
@@ -1687,7 +1688,7 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             samples = inputs.get("raw", inputs.get("array"))
             if samples is None or "sampling_rate" not in inputs:
                 raise ValueError('a dict input needs "raw" (or "array") samples and their "sampling_rate"')
-            audio = check_audio(resample(mono(samples), inputs["sampling_rate"]), "audio")
+            audio = audio_array(samples, inputs["sampling_rate"], "audio")
         else:
             audio = check_audio(mono(inputs), "audio")
         windows = speech_windows(audio, int(window_seconds(self.model.config, chunk_length_s) * SAMPLE_RATE))

@@ -26,7 +26,6 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import torch
 from datasets import Audio, Dataset, IterableDataset, concatenate_datasets, load_dataset
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -45,11 +44,11 @@ from brope_asr import (
     BRoPEASRFeatureExtractor,
     BRoPEASRForConditionalGeneration,
     BRoPEASRProcessor,
+    audio_array,
     char_error_rate,
-    check_audio,
     load_audio,
     mel_filterbank,
-    mono,
+    open_audio,
     resample,
     token_scores,
     transcribe,
@@ -120,7 +119,7 @@ def read_clip(value, name: str) -> torch.Tensor:
     """Decode one dataset audio value (see `audio_source`) to (N,) float32 at 16 kHz, or raise ValueError naming `name`."""
     source, _ = audio_source(value)
     if isinstance(source, dict):
-        return check_audio(resample(mono(source["array"]), int(source["sampling_rate"])), name)
+        return audio_array(source["array"], source["sampling_rate"], name)
     return load_audio(source, name=name)
 
 
@@ -129,17 +128,11 @@ def audio_seconds(value, name: str) -> float:
     source, _ = audio_source(value)
     if isinstance(source, dict):
         return len(source["array"]) / int(source["sampling_rate"])
-    if isinstance(source, (str, Path)) and not Path(source).is_file():
-        raise ValueError(f"{name}: no such file")
-    try:
-        info = soundfile.info(source)
-    except FileNotFoundError:
-        raise ValueError(f"{name}: no such file") from None
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"{name}: cannot decode audio ({error})") from None
-    if info.samplerate <= 0 or info.frames <= 0:
-        raise ValueError(f"{name}: header gives {info.frames} frames at {info.samplerate} Hz")
-    return info.frames / info.samplerate
+    with open_audio(source, name) as file:
+        frames, rate = file.frames, file.samplerate
+    if rate <= 0 or frames <= 0:
+        raise ValueError(f"{name}: header gives {frames} frames at {rate} Hz")
+    return frames / rate
 
 
 def read_table(path: Path) -> Dataset:
