@@ -6,6 +6,7 @@ tests, marked `slow` (train_hf.py runs, torchrun, the ablation grid, the benchma
 bring the whole file to about four minutes on 2 CPU cores.
 """
 
+import argparse
 import csv
 import json
 import math
@@ -14,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -598,7 +600,7 @@ def test_cached_generation_equals_uncached(num_beams, features_on):
 
 
 def real_clip() -> np.ndarray:
-    samples, sampling_rate = soundfile.read(DATA / "train" / "000000.flac", dtype="float32")
+    samples, sampling_rate = soundfile.read(DATA / "train" / "000000.mp3", dtype="float32")  # MP3: decoded by libsndfile
     assert sampling_rate == SAMPLE_RATE
     return samples
 
@@ -1391,8 +1393,7 @@ def test_learned_mixes_get_their_own_optimizer_group_without_weight_decay(tmp_pa
     model = BRoPEASRForConditionalGeneration(tiny_config(**ALL_FEATURES))
     arguments = transformers.Seq2SeqTrainingArguments(output_dir=str(tmp_path), learning_rate=1e-3, weight_decay=0.1,
                                                       use_cpu=True, report_to="none")
-    trainer = train_hf.ASRTrainer(model=model, args=arguments)
-    trainer.mix_learning_rate_scale = 10.0
+    trainer = train_hf.ASRTrainer(model=model, args=arguments, mix_learning_rate_scale=10.0)
     groups = trainer.create_optimizer().param_groups
     mixes = {id(p) for p in train_hf.mix_parameters(model).values()}
     kinds = {name.rsplit(".", 1)[-1] for name in train_hf.mix_parameters(model)}
@@ -1402,6 +1403,57 @@ def test_learned_mixes_get_their_own_optimizer_group_without_weight_decay(tmp_pa
     assert mix_group["weight_decay"] == 0.0 and mix_group["lr"] == pytest.approx(1e-2)
     assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
     assert any(group["weight_decay"] == 0.1 for group in groups)
+
+
+def test_a_planned_batch_weighs_its_training_loss_by_its_loss_scale(tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(dropout=0.0)
+    model = BRoPEASRForConditionalGeneration(config).train()
+    arguments = transformers.Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = train_hf.ASRTrainer(model=model, args=arguments)
+    inputs = {**audio_inputs(config, 4000, 3000), "labels": torch.tensor([[5, 6, 2], [5, 2, -100]])}
+    plain = trainer.compute_loss(model, dict(inputs))
+    scaled = trainer.compute_loss(model, {**inputs, "loss_scale": torch.tensor(2.5)})
+    assert scaled.item() == pytest.approx(2.5 * plain.item(), rel=1e-6) and plain.item() > 0
+
+
+def test_length_parts_crop_each_run_of_like_clips_to_its_own_longest():
+    config = tiny_config(input_mode="both")
+    inputs = dict(brope_asr.batch_inputs(random_clips(4000, 1200, 2500, 800, 3000), config))
+    inputs["labels"] = torch.tensor([[5, 6, 7, 2], [5, 2, -100, -100], [5, 6, 2, -100], [2, -100, -100, -100], [5, 6, 7, 2]])
+    parts = train_hf.length_parts(inputs, 3)
+    frames = inputs["attention_mask"].sum(1)
+    assert [part["attention_mask"].sum(1).tolist() for part in parts] == [[5, 7], [15, 18], [25]]  # 800, 1200 | 2500, 3000 | 4000
+    for part, rows in zip(parts, ([3, 1], [2, 4], [0])):
+        length = int(frames[rows].max())
+        assert part["attention_mask"].shape == (len(rows), length) and part["waveform"].shape == (len(rows), 160 * length)
+        torch.testing.assert_close(part["input_features"], inputs["input_features"][rows, :, :length], rtol=0, atol=0)
+        assert (part["labels"] != -100).sum(1).max() == part["labels"].shape[1]  # no column of padding alone
+        assert torch.equal(part["labels"], inputs["labels"][rows, : part["labels"].shape[1]])
+
+
+@pytest.mark.parametrize("micro_batches", [2, 3, 5])
+def test_micro_batches_give_the_whole_batch_loss_and_gradient(tmp_path, micro_batches):
+    torch.manual_seed(0)
+    config = tiny_config(dropout=0.0, input_mode="both", normalize_features=True, absolute_encoder_positions=True)
+    inputs = dict(brope_asr.batch_inputs(random_clips(4000, 1200, 2500, 800, 3000), config))
+    inputs["labels"] = torch.tensor([[5, 6, 7, 2], [5, 2, -100, -100], [5, 6, 2, -100], [2, -100, -100, -100], [5, 6, 7, 2]])
+    state = BRoPEASRForConditionalGeneration(config).state_dict()
+    results = []
+    for count in (1, micro_batches):
+        model = BRoPEASRForConditionalGeneration(config)
+        model.load_state_dict(state)
+        arguments = transformers.Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+        trainer = train_hf.ASRTrainer(model=model, args=arguments, micro_batches=count)
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which this test does not run
+        loss = trainer.training_step(model, {**inputs, "loss_scale": torch.tensor(0.5)})
+        results.append((loss, [parameter.grad for parameter in model.parameters()]))
+    (whole, whole_grads), (parts, part_grads) = results
+    assert parts.item() == pytest.approx(whole.item(), rel=1e-5) and whole.item() > 0
+    for expected, got in zip(whole_grads, part_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="micro_batches must be >= 1"):
+        train_hf.ASRTrainer(model=model, args=arguments, micro_batches=0)
 
 
 def test_held_out_speaker_leaves_training_and_validation_and_replaces_the_test_split(tmp_path):
@@ -1790,19 +1842,110 @@ def test_shipped_splits_share_no_speaker_and_no_voice_variant():
     assert {row["source"] for row in rows} == {"espeak-ng", "fsdd"}  # flite and festival are kept for evaluation
 
 
+def test_shipped_mp3_training_clips_decode_to_16_khz_speech_and_measuring_clips_are_flac():
+    rows = read_metadata()
+    assert {Path(row["file_name"]).suffix for row in rows if row["split"] != "train"} == {".flac"}  # measured on exact audio
+    mp3 = [row for row in rows if row["file_name"].endswith(".mp3")]
+    assert mp3 and all(row["split"] == "train" for row in mp3)
+    for row in mp3[:: len(mp3) // 20]:
+        samples, sampling_rate = soundfile.read(DATA / row["file_name"], dtype="float32")
+        assert sampling_rate == SAMPLE_RATE and np.isfinite(samples).all()
+        assert 0.2 < len(samples) / SAMPLE_RATE < 10 and np.sqrt(np.mean(samples**2)) > 1e-3, row["file_name"]
+
+
 def test_data_folder_fits_its_30_mb_budget():
     assert sum(path.stat().st_size for path in DATA.rglob("*") if path.is_file()) <= 30_000_000
 
 
-def test_join_words_transcript_is_the_words_joined_and_audio_holds_every_clip():
+def test_join_words_transcript_is_the_words_joined_and_audio_holds_every_clip_and_pause():
     generator = torch.Generator().manual_seed(0)
     clips = [0.1 * torch.randn(n, generator=generator) for n in (3000, 5000, 4000)]
-    waveform, text = train_hf.join_words(clips, ["one", "two", "three"], torch.Generator().manual_seed(1))
+    waveform, text = train_hf.join_words(clips, ["one", "two", "three"], [0.1, 0.2], torch.Generator().manual_seed(1))
     assert text == "one two three"
-    assert sum(map(len, clips)) <= len(waveform) <= sum(map(len, clips)) + 2 * 0.25 * SAMPLE_RATE
-    assert torch.equal(waveform[:3000], clips[0]) and torch.equal(waveform[-4000:], clips[2])
-    again, _ = train_hf.join_words(clips, ["one", "two", "three"], torch.Generator().manual_seed(1))
+    assert len(waveform) == 3000 + 1600 + 5000 + 3200 + 4000
+    assert torch.equal(waveform[:3000], clips[0]) and torch.equal(waveform[4600:9600], clips[1]) and torch.equal(waveform[-4000:], clips[2])
+    assert 0 < waveform[3000:4600].abs().max() < clips[0].abs().max()  # the pause continues a noise floor, not digital zero
+    again, _ = train_hf.join_words(clips, ["one", "two", "three"], [0.1, 0.2], torch.Generator().manual_seed(1))
     assert torch.equal(waveform, again)
+    with pytest.raises(ValueError, match="3 words need 2 pauses, got 1"):
+        train_hf.join_words(clips, ["one", "two", "three"], [0.1])
+
+
+def planned_rows(count: int = 200, seed: int = 0) -> tuple[list[dict], dict[str, list[dict]]]:
+    """Rows as PlannedBatches sees them (speaker, text, seconds): one-word rows of a speaker with a pool, and strings."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [{"speaker": "ann", "text": "one", "labels": [0] * 4, "seconds": 0.2 + 0.4 * float(torch.rand((), generator=generator))}
+            if i % 2 else {"speaker": "v1", "text": "one two three", "labels": [0] * 14,
+                           "seconds": 0.5 + 3.0 * float(torch.rand((), generator=generator))}
+            for i in range(count)]
+    return rows, {"ann": [row for row in rows if row["speaker"] == "ann"]}
+
+
+PLAN_TOKENIZER = train_hf.build_tokenizer(["one two three"])
+
+
+def test_planned_batches_cover_every_row_once_per_epoch_in_batches_of_like_length():
+    rows, pools = planned_rows(203)
+    sampler = train_hf.PlannedBatches(rows, pools, PLAN_TOKENIZER, 0.6, 0.1, batch_size=8, sorted_batches=4, seed=0)
+    items = list(sampler)
+    assert sorted(index for index, _ in items) == list(range(203)) and len(sampler) == 203
+    kinds = {plan.kind for _, plan in items}
+    assert kinds == {"row", "joined", "non_speech"}
+    assert all(rows[i]["speaker"] == "ann" and " " not in rows[i]["text"] for i, plan in items if plan.kind == "joined")
+    assert all(plan.seconds == rows[i]["seconds"] for i, plan in items if plan.kind == "row")
+    assert all(plan.tokens == {"row": len(rows[i]["labels"]), "non_speech": 1}.get(plan.kind, 4 * len(plan.words)) for i, plan in items)
+    for start in range(0, 192, 32):  # a batch's loss scale is its tokens over the mean tokens of its window's batches
+        window = [items[start + k : start + k + 8] for k in range(0, 32, 8)]
+        tokens = [sum(plan.tokens for _, plan in batch) for batch in window]
+        for batch, count in zip(window, tokens):
+            assert all(plan.loss_scale == pytest.approx(4 * count / sum(tokens)) for _, plan in batch)
+    for start in range(0, 192, 32):  # each window of 4 batches: every batch is a run of the window's examples sorted by duration
+        window = items[start : start + 32]
+        batches = sorted((sorted(plan.seconds for _, plan in window[k : k + 8]) for k in range(0, 32, 8)), key=lambda b: b[0])
+        assert [s for batch in batches for s in batch] == sorted(plan.seconds for _, plan in window)
+    assert list(sampler) == items  # the same seed and epoch give the same batches
+    sampler.set_epoch(1)
+    assert list(sampler) != items
+    random_padding, sorted_padding = (
+        statistics.mean(1 - statistics.mean(b) / max(b) for b in (
+            [plan.seconds for _, plan in list(train_hf.PlannedBatches(rows, pools, PLAN_TOKENIZER, 0.6, 0.1, 8, k, 0))[s : s + 8]] for s in range(0, 200, 8)))
+        for k in (1, 4))
+    assert sorted_padding < 0.6 * random_padding
+    with pytest.raises(ValueError, match="sorted_batches must be >= 1"):
+        train_hf.PlannedBatches(rows, pools, PLAN_TOKENIZER, 0.6, 0.1, 8, 0, 0)
+
+
+def test_source_repeats_draw_a_source_that_many_times_an_epoch():
+    rows, pools = planned_rows(40)
+    rows = [{**row, "source": "real" if row["speaker"] == "ann" else "synthetic"} for row in rows]
+    sampler = train_hf.PlannedBatches(rows, pools, PLAN_TOKENIZER, 0.6, 0.1, 8, 4, 0, repeats=train_hf.parse_repeats("real=3"))
+    counts = Counter(index for index, _ in sampler)
+    assert len(sampler) == 20 * 3 + 20 and all(counts[i] == (3 if rows[i]["source"] == "real" else 1) for i in range(40))
+    assert train_hf.parse_repeats("") == {} and train_hf.parse_repeats("a=2, b=1") == {"a": 2, "b": 1}
+    for bad in ("a", "a=0", "=2", "a=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="SOURCE=N"):
+            train_hf.parse_repeats(bad)
+
+
+def test_a_plan_states_the_duration_of_the_example_the_collator_builds():
+    torch.manual_seed(0)
+    words = [0.1 * torch.randn(int(SAMPLE_RATE * seconds)) for seconds in (0.3, 0.45, 0.5)]
+    pool = [{"audio": in_memory(clip), "name": f"word {i}", "text": text, "seconds": len(clip) / SAMPLE_RATE}
+            for i, (clip, text) in enumerate(zip(words, ("one", "two", "three")))]
+    tokenizer = train_hf.build_tokenizer(["one two three"])
+    config = tiny_config(vocab_size=len(tokenizer))
+    collate = train_hf.Collator(config, tokenizer, (), {"ann": pool}, join_probability=1.0)
+    row = {**pool[0], "speaker": "ann", "labels": tokenizer("one").input_ids + [2], "augment": True}
+    generator = torch.Generator().manual_seed(1)
+    for probability in (0.0, 1.0):  # joined words, then non-speech
+        for _ in range(5):
+            plan = train_hf.draw_plan(row, {"ann": pool}, 1.0, probability, generator)
+            clip, labels = collate.example({**row, "plan": plan})
+            assert abs(len(clip) / SAMPLE_RATE - plan.seconds) < 1e-3 * (len(plan.words) + 1)
+            if plan.kind == "joined":
+                assert tokenizer.decode(labels, skip_special_tokens=True) == " ".join(pool[w]["text"] for w in plan.words)
+            else:
+                assert plan.kind == "non_speech" and labels == [config.eos_token_id]
 
 
 def test_word_pools_come_from_training_speakers_only_and_joined_labels_match_the_text():

@@ -22,8 +22,10 @@ import sys
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -57,7 +59,8 @@ from brope_asr import (
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
-DEFAULT_MAX_STEPS = 2500
+DEFAULT_MAX_STEPS = 2000
+DEFAULT_SOURCE_REPEATS = {"fsdd": 2}  # the embedded corpus's real people, a third of its training rows, are heard twice an epoch
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
 
 
@@ -533,25 +536,63 @@ def non_speech(num_samples: int, kind: str, generator: torch.Generator | None = 
     return (clip / clip.abs().max().clamp_min(1.0)).float()  # a peak past full scale is turned down, not clipped
 
 
-def join_words(clips: list[torch.Tensor], texts: list[str], generator: torch.Generator | None = None) -> tuple[torch.Tensor, str]:
+def join_words(clips: list[torch.Tensor], texts: list[str], pauses: list[float], generator: torch.Generator | None = None) -> tuple[torch.Tensor, str]:
     """Connected speech from isolated words: the clips in order with natural pauses between them.
 
-    Each pause lasts 0-250 ms and holds noise at the level of the quietest 10 ms of the word
-    before it, so the recording's own background continues instead of dropping to digital zero.
+    Each pause holds noise at the level of the quietest 10 ms of the word before it, so the
+    recording's own background continues instead of dropping to digital zero.
     Args:
         clips: W isolated words, each (N_w,) at 16 kHz, from one speaker.
         texts: their W transcripts.
+        pauses: W - 1 pause lengths in seconds, one after each word but the last.
+        generator: the noise's randomness.
     Returns:
         ((sum N_w + pauses,) float32, the transcripts joined by single spaces).
     """
+    if len(pauses) != len(clips) - 1:
+        raise ValueError(f"{len(clips)} words need {len(clips) - 1} pauses, got {len(pauses)}")
     pieces = []
     for index, clip in enumerate(clips):
         if index:
             frames = pieces[-1][: len(pieces[-1]) // HOP_LENGTH * HOP_LENGTH].view(-1, HOP_LENGTH)
             floor = frames.square().mean(1).sqrt().min() if len(frames) else torch.tensor(0.0)
-            pieces.append(torch.randn(int(uniform(0, 0.25, generator) * SAMPLE_RATE), generator=generator) * floor)
+            pieces.append(torch.randn(int(pauses[index - 1] * SAMPLE_RATE), generator=generator) * floor)
         pieces.append(torch.as_tensor(clip).float())
     return torch.cat(pieces), " ".join(texts)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one training example will be, drawn before any audio is decoded, so its duration is known."""
+
+    seconds: float  # the example's duration (the row's own, where the row states it)
+    kind: Literal["row", "non_speech", "joined"] = "row"  # the row's clip, a non-speech clip, or joined words
+    noise: str = ""  # non_speech: which kind of sound (NON_SPEECH_KINDS)
+    words: tuple[int, ...] = ()  # joined: indices into the row speaker's word pool
+    pauses: tuple[float, ...] = ()  # joined: seconds of pause after each word but the last
+    tokens: int = 0  # its label tokens, eos included (set by PlannedBatches, which weighs batches by them)
+    loss_scale: float = 1.0  # its batch's weight in training: the batch's tokens over the mean of its window's batches
+
+
+def draw_plan(
+    row: dict, pools: dict[str, list[dict]], join_probability: float, non_speech_probability: float,
+    generator: torch.Generator | None = None,
+) -> Plan:
+    """One training example's plan: non-speech, a string of the speaker's words, or the row itself.
+
+    With probability `non_speech_probability` a non-speech clip of 0.3-3 s labelled with nothing;
+    else, if the row is one word of a speaker in `pools`, with probability `join_probability` 2-7 of
+    that speaker's words (drawn with replacement) with pauses of 0-250 ms; else the row's own clip.
+    """
+    if uniform(0, 1, generator) < non_speech_probability:
+        return Plan(uniform(0.3, 3.0, generator), "non_speech", noise=choice(NON_SPEECH_KINDS, generator))
+    pool = pools.get(row.get("speaker", ""))
+    if pool and " " not in row["text"] and uniform(0, 1, generator) < join_probability:
+        count = int(torch.randint(2, 8, (), generator=generator))
+        words = tuple(torch.randint(len(pool), (count,), generator=generator).tolist())
+        pauses = tuple(uniform(0, 0.25, generator) for _ in range(count - 1))
+        return Plan(sum(pool[w]["seconds"] for w in words) + sum(pauses), "joined", words=words, pauses=pauses)
+    return Plan(row.get("seconds", 0.0))
 
 
 class Collator:
@@ -559,10 +600,11 @@ class Collator:
 
     Each row's audio is decoded here, by `reader` (a `ClipReader`); a row it skips is left out of
     the batch. Only rows marked augment=True (the training split's) are changed; evaluation sees clean audio.
-    For those, each row is first replaced, with probability `non_speech_probability`, by a
-    non-speech clip labelled with nothing (eos alone), or else, if it is one word of a speaker in
-    `word_pools`, with probability `join_probability` by a string of 2-7 of that speaker's words
-    (`join_words`): real recordings here are isolated words, and every epoch hears new strings.
+    For those, each row becomes what its plan says (`draw_plan`: the row's "plan", drawn by
+    `PlannedBatches` before batching, or drawn here with `join_probability` and
+    `non_speech_probability` for a row without one): a non-speech clip labelled with nothing (eos
+    alone), a string of 2-7 of its speaker's words from `word_pools` (`join_words`: real recordings
+    here are isolated words, and every epoch hears new strings), or the row itself.
     Then, for each example with probability `augment_probability` (the rest stay clean, which
     keeps learning fast in a short run), the waveform augmentations in `augmentations` (speed,
     reverb, noise, telephone, gain) and, after the log-mel, vocal tract length perturbation and
@@ -597,20 +639,18 @@ class Collator:
         self.features = BRoPEASRFeatureExtractor.from_model_config(config)  # the one path from audio to inputs
 
     def example(self, row: dict) -> tuple[torch.Tensor, list[int]] | None:
-        """A training row -> (waveform, label ids): the row itself, a non-speech clip, or a joined string; None if skipped."""
+        """A training row -> (waveform, label ids) as its plan says (drawn here if the row has none); None if skipped."""
         clip, labels = self.reader(row), list(row["labels"])
         if clip is None:
             return None
-        if uniform(0, 1, self.generator) < self.non_speech_probability:
-            length = int(uniform(0.3, 3.0, self.generator) * SAMPLE_RATE)
-            return non_speech(length, choice(NON_SPEECH_KINDS, self.generator), self.generator), [self.config.eos_token_id]
-        pool = self.word_pools.get(row.get("speaker", ""))
-        if pool and " " not in row["text"] and uniform(0, 1, self.generator) < self.join_probability:
-            count = int(torch.randint(2, 8, (), generator=self.generator))
-            picks = [pool[int(i)] for i in torch.randint(len(pool), (count,), generator=self.generator)]
-            words = [(word, pick["text"]) for pick in picks if (word := self.reader(pick)) is not None]
+        plan = row.get("plan") or draw_plan(row, self.word_pools, self.join_probability, self.non_speech_probability, self.generator)
+        if plan.kind == "non_speech":
+            return non_speech(int(plan.seconds * SAMPLE_RATE), plan.noise, self.generator), [self.config.eos_token_id]
+        if plan.kind == "joined":
+            pool = self.word_pools[row["speaker"]]
+            words = [(word, pool[i]["text"]) for i in plan.words if (word := self.reader(pool[i])) is not None]
             if len(words) > 1:
-                joined, text = join_words([w for w, _ in words], [t for _, t in words], self.generator)
+                joined, text = join_words([w for w, _ in words], [t for _, t in words], plan.pauses[: len(words) - 1], self.generator)
                 if len(joined) <= self.longest:
                     return joined, self.tokenizer(text, add_special_tokens=False).input_ids + [self.config.eos_token_id]
         return clip, labels
@@ -675,6 +715,8 @@ class Collator:
             clips = [clip for clip, _ in examples]
         labels = [torch.as_tensor(ids) for _, ids in examples]
         inputs = dict(self.features(clips, sampling_rate=SAMPLE_RATE))
+        if training and "plan" in rows[0]:  # planned batches carry their weight (PlannedBatches)
+            inputs["loss_scale"] = torch.tensor(rows[0]["plan"].loss_scale)
         if training:
             self.mask(inputs, varied)
             self.frames.update(real=int(inputs["attention_mask"].sum()), padded=int((~inputs["attention_mask"]).sum()))
@@ -691,8 +733,86 @@ def word_pools(split: Dataset, minimum: int = 10) -> dict[str, list[dict]]:
     pools = {}
     for row in split:
         if row["speaker"] and row["text"] and " " not in row["text"]:
-            pools.setdefault(row["speaker"], []).append({"audio": row["audio"], "name": row.get("name"), "text": row["text"]})
+            pools.setdefault(row["speaker"], []).append(
+                {"audio": row["audio"], "name": row.get("name"), "text": row["text"], "seconds": row.get("seconds", 0.0)})
     return {speaker: pool for speaker, pool in pools.items() if len(pool) >= minimum}
+
+
+class PlannedBatches(torch.utils.data.Sampler):
+    """Training batches of like length, made from examples whose plans are drawn before their audio.
+
+    Every epoch (seeded by `seed` and the epoch): the rows in a random order, one plan each
+    (`draw_plan`), then, `sorted_batches` batches at a time, those examples sorted by planned
+    duration, cut into batches and the batches sent in a random order. A batch then pads to a
+    duration near its own clips' instead of the longest clip of a random draw, while which clips
+    share a window stays random. Each batch's loss is scaled by its label tokens over the mean of its
+    window's batches (`Plan.loss_scale`), so a token weighs as much as in random batches whatever the
+    batch's length. 1 gives plain random batches. A row whose source is in `repeats`
+    comes that many times an epoch (each time with a plan of its own). Items are (row index, plan) pairs,
+    which `PlannedSplit` turns into rows; the DataLoader's batches of `batch_size` are these batches,
+    and under torchrun accelerate hands each process whole batches.
+    """
+
+    def __init__(self, rows: list[dict], pools: dict[str, list[dict]], tokenizer, join_probability: float,
+                 non_speech_probability: float, batch_size: int, sorted_batches: int, seed: int,
+                 repeats: dict[str, int] | None = None):
+        if sorted_batches < 1:
+            raise ValueError(f"sorted_batches must be >= 1, got {sorted_batches}")
+        self.rows, self.pools, self.tokenizer = rows, pools, tokenizer
+        self.repeats = repeats or {}
+        self.indices = [i for i, row in enumerate(rows) for _ in range(self.repeats.get(row.get("source", ""), 1))]
+        self.join_probability, self.non_speech_probability = join_probability, non_speech_probability
+        self.batch_size, self.sorted_batches, self.seed, self.epoch = batch_size, sorted_batches, seed, 0
+
+    def set_epoch(self, epoch: int):
+        """Trainer calls this at every epoch: each epoch has its own order and plans."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        order = [self.indices[k] for k in torch.randperm(len(self.indices), generator=generator).tolist()]
+        plans = [self.counted(self.rows[i], draw_plan(self.rows[i], self.pools, self.join_probability, self.non_speech_probability, generator))
+                 for i in order]
+        window = self.batch_size * self.sorted_batches
+        for start in range(0, len(order), window):
+            ranked = sorted(range(start, min(start + window, len(order))), key=lambda j: plans[j].seconds)
+            batches = [ranked[k : k + self.batch_size] for k in range(0, len(ranked), self.batch_size)]
+            # The model's loss is a mean over its batch's tokens, so a batch of short clips would weigh
+            # each of its few tokens as much as a batch of long strings weighs its many: scaling each
+            # batch by its tokens over the window's mean gives every token the weight it has in random batches.
+            tokens = [sum(plans[j].tokens for j in batch) for batch in batches]
+            mean = sum(tokens) / len(ranked) * self.batch_size
+            scaled = [[(order[j], replace(plans[j], loss_scale=count / mean)) for j in batch] for batch, count in zip(batches, tokens)]
+            full = [batch for batch in scaled if len(batch) == self.batch_size]  # a short one (the epoch's end) goes last,
+            for b in torch.randperm(len(full), generator=generator).tolist():  # so every batch stays aligned
+                yield from full[b]
+            yield from (item for batch in scaled[len(full):] for item in batch)
+
+    def counted(self, row: dict, plan: Plan) -> Plan:
+        """`plan` with its label tokens: the row's own, one (eos) for non-speech, or the joined words' transcript's."""
+        if plan.kind == "non_speech":
+            return replace(plan, tokens=1)
+        if plan.kind == "joined":
+            text = " ".join(self.pools[row["speaker"]][w]["text"] for w in plan.words)
+            return replace(plan, tokens=len(self.tokenizer(text, add_special_tokens=False).input_ids) + 1)
+        return replace(plan, tokens=len(row["labels"]))
+
+
+class PlannedSplit(torch.utils.data.Dataset):
+    """The training split indexed by the (row index, plan) pairs of `PlannedBatches`: each row with its plan."""
+
+    def __init__(self, split: Dataset):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, item: tuple[int, Plan]) -> dict:
+        index, plan = item
+        return {**self.split[index], "plan": plan}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -715,13 +835,65 @@ def mix_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if mix_kind(name) in MIXES}
 
 
+def length_parts(inputs: dict[str, torch.Tensor], count: int) -> list[dict[str, torch.Tensor]]:
+    """A padded batch cut into `count` parts of clips of like length, each cropped to its own longest clip and label.
+
+    The clips are ordered by length and split into `count` nearly equal runs, so a part of short
+    clips no longer carries the padding of the batch's longest one. The model's outputs for a clip
+    do not depend on its padding (tested), so the parts' losses, weighed by their label tokens, sum
+    to the batch's.
+    Args:
+        inputs: a training batch: attention_mask (B, T) bool, input_features (B, M, T) and/or
+            waveform (B, T x HOP_LENGTH), labels (B, S) with -100 as padding.
+        count: how many parts (at most B).
+    Returns:
+        the parts, shortest clips first, with the same keys.
+    """
+    lengths = inputs["attention_mask"].sum(1)
+    parts = []
+    for rows in torch.argsort(lengths, stable=True).tensor_split(min(count, len(lengths))):
+        frames, tokens = int(lengths[rows].max()), int((inputs["labels"][rows] != -100).sum(1).max())
+        part = {"attention_mask": inputs["attention_mask"][rows, :frames], "labels": inputs["labels"][rows, :tokens]}
+        if "input_features" in inputs:
+            part["input_features"] = inputs["input_features"][rows, :, :frames]
+        if "waveform" in inputs:
+            part["waveform"] = inputs["waveform"][rows, : frames * HOP_LENGTH]
+        parts.append(part)
+    return parts
+
+
 class ASRTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer that stops on a non-finite loss, naming the step, instead of training on, and
     gives the learned mixes their own optimizer group: no weight decay (decay would pull each mix
-    toward "off") and the learning rate times `mix_learning_rate_scale`.
+    toward "off") and the learning rate times `mix_learning_rate_scale`, draws training batches
+    from `train_sampler` when one is given (`PlannedBatches`), and runs each training batch's
+    forward and backward in `micro_batches` passes over clips of like length (`length_parts`),
+    whose token-weighted losses sum to the batch's: the same step with less padding. With a CTC
+    loss, a mean over clips rather than tokens, the batch is run whole.
     """
 
-    mix_learning_rate_scale = 1.0
+    def __init__(self, *args, mix_learning_rate_scale: float = 1.0, train_sampler: torch.utils.data.Sampler | None = None,
+                 micro_batches: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+        self.mix_learning_rate_scale, self.train_sampler, self.micro_batches = mix_learning_rate_scale, train_sampler, micro_batches
+        self.frames = Counter()  # mel frames the model processed in training: "real" and "padded"
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        whole = self.micro_batches == 1 or self.model.config.ctc_weight > 0
+        parts = [inputs] if whole else length_parts(inputs, self.micro_batches)
+        for part in parts:
+            self.frames.update(real=int(part["attention_mask"].sum()), padded=int((~part["attention_mask"].bool()).sum()))
+        if whole:
+            return super().training_step(model, inputs, num_items_in_batch)
+        scale = inputs.pop("loss_scale", 1.0)  # a planned batch's own weight, shared by its parts
+        tokens = [int((part["labels"] != -100).sum()) for part in parts]
+        return sum(super(ASRTrainer, self).training_step(model, {**part, "loss_scale": scale * count / sum(tokens)}, num_items_in_batch)
+                   for part, count in zip(parts, tokens))
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.train_sampler or super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -740,7 +912,10 @@ class ASRTrainer(Seq2SeqTrainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        scale = inputs.pop("loss_scale", None)  # a planned batch's weight (PlannedBatches); the model never sees it
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if scale is not None and model.training:
+            result = (result[0] * scale, *result[1:]) if return_outputs else result * scale
         loss = result[0] if return_outputs else result
         if model.training and not torch.isfinite(loss).all():
             raise NonFiniteLossError(
@@ -954,6 +1129,17 @@ def parse_augmentations(spec: str) -> tuple[str, ...]:
     return names
 
 
+def parse_repeats(spec: str) -> dict[str, int]:
+    """"fsdd=2,espeak-ng=1" -> {"fsdd": 2, "espeak-ng": 1}; "" -> {}."""
+    repeats = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        source, _, count = item.partition("=")
+        if not source or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"source repeats are SOURCE=N with N a whole number >= 1, got {item!r}")
+        repeats[source] = int(count)
+    return repeats
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """The command line; `argv` None reads sys.argv."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -995,10 +1181,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--group-by-length", action="store_true",
                       help="batch training clips of similar length (transformers' length-grouped sampler on each clip's duration)")
     data.add_argument("--non-speech", type=float, default=0.08, help="share of training examples replaced by non-speech labelled empty")
+    data.add_argument("--source-repeats", type=parse_repeats,
+                      help="SOURCE=N,...: training rows of these sources come N times an epoch; '' for once each "
+                           "(default fsdd=2: the embedded corpus's real people, a third of its rows, heard twice)")
+    data.add_argument("--sorted-batches", type=int, default=1,
+                      help="make training batches this many at a time from examples sorted by planned duration (1 = random batches)")
     train = parser.add_argument_group("training")
     train.add_argument("--output-dir", default="runs/small")
     train.add_argument("--max-steps", type=int, help=f"optimizer steps (default {DEFAULT_MAX_STEPS}; required with --streaming)")
     train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--micro-batches", type=int, default=2,
+                       help="run each training batch in this many passes over clips of like length (the same step, less padding; 1 = whole)")
     train.add_argument("--learning-rate", type=float, default=2e-3)
     train.add_argument("--mix-learning-rate-scale", type=float, default=1.0,
                        help="learning rate of the learned mixes (gates, blends, temperatures) relative to the rest")
@@ -1019,6 +1212,10 @@ def main(argv=None) -> dict:
         raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by")
     if args.streaming and args.group_by_length:
         raise ValueError("--group-by-length needs every clip's length up front; it cannot be combined with --streaming")
+    if args.source_repeats and (args.streaming or args.group_by_length):
+        raise ValueError("--source-repeats needs the planned batches, which --streaming and --group-by-length replace")
+    if args.sorted_batches < 1:
+        raise ValueError(f"--sorted-batches must be at least 1 (1 = random batches), got {args.sorted_batches}")
     args.max_steps = args.max_steps or DEFAULT_MAX_STEPS
     splits = load_splits(args)
     train = splits["train"]
@@ -1075,6 +1272,11 @@ def main(argv=None) -> dict:
     collator = Collator(
         config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability, reader=reader
     )
+    planner = None  # a stream has no length to plan, and --group-by-length brings transformers' own sampler
+    if not args.streaming and not args.group_by_length:
+        rows = prepared["train"].select_columns(["source", "speaker", "text", "labels", "seconds"]).to_list()
+        planner = PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
+                                 args.seed, DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats)
 
     training_args = Seq2SeqTrainingArguments(
         output_dir=str(output_dir),
@@ -1118,14 +1320,16 @@ def main(argv=None) -> dict:
     trainer = ASRTrainer(
         model=model,
         args=training_args,
-        train_dataset=prepared["train"],
+        train_dataset=PlannedSplit(prepared["train"]) if planner else prepared["train"],
         eval_dataset=prepared["validation"],
         data_collator=collator,
         processing_class=BRoPEASRProcessor(BRoPEASRFeatureExtractor.from_model_config(config), tokenizer),
         compute_metrics=metrics_function(tokenizer),
         callbacks=[table, tracker] if mix_parameters(model) else [table],
+        mix_learning_rate_scale=args.mix_learning_rate_scale,
+        train_sampler=planner,
+        micro_batches=args.micro_batches,
     )
-    trainer.mix_learning_rate_scale = args.mix_learning_rate_scale
     if trainer.is_world_process_zero():
         model.initialization_report()
         counts = ", ".join(f"{key} {'streamed' if isinstance(split, IterableDataset) else len(split)}" for key, split in prepared.items())
@@ -1135,13 +1339,14 @@ def main(argv=None) -> dict:
             print("--streaming: words are not joined (the speakers' word pools need the whole training split)")
         print(f"augmentations: {', '.join(augmentations) or 'none'}; words joined from {len(pools)} speakers "
               f"(probability {args.join_probability}); non-speech share {args.non_speech}; "
-              f"at most {config.max_tokens_per_second} tokens per second of audio")
+              f"at most {config.max_tokens_per_second} tokens per second of audio"
+              + (f"; repeated each epoch: {', '.join(f'{k} x{v}' for k, v in planner.repeats.items())}" if planner and planner.repeats else ""))
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
     trainer.save_model(str(output_dir))  # model (safetensors), processor (feature extractor and tokenizer), brope_asr.py
     results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step, "skipped_at_batch_time": len(reader.skipped) + len(stream_skipped),
-               "padding_fraction": collator.frames["padded"] / max(1, collator.frames.total())}
+               "padding_fraction": trainer.frames["padded"] / max(1, trainer.frames.total())}
     if "test" in prepared:
         prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
         results.update(prediction.metrics)
@@ -1157,8 +1362,10 @@ def main(argv=None) -> dict:
         print(f"learned mixes: {model.learned_mixes()}; training time {elapsed:.0f} s; "
               f"best validation WER at step {results['best_step']} (the model saved and tested)")
         print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
-        padding = collator.frames["padded"] / max(1, collator.frames.total())
-        print(f"padding: {100 * padding:.1f}% of the mel frames in training batches" + (" (grouped by length)" if args.group_by_length else ""))
+        batched = collator.frames["padded"] / max(1, collator.frames.total())
+        batching = "grouped by length" if args.group_by_length else f"{args.sorted_batches} sorted together" if planner else "streamed"
+        print(f"padding: {100 * results['padding_fraction']:.1f}% of the mel frames the model processed in training "
+              f"({100 * batched:.1f}% of the collated batches, {batching}; {args.micro_batches} micro-batches each)")
         if reader.skipped or stream_skipped:
             bad = [*stream_skipped, *reader.skipped.values()]
             print(f"{len(bad)} training rows were bad when their batch was built and were skipped:\n" + "\n".join(bad))

@@ -780,12 +780,15 @@ def render(rows: list[Row], header: list[str]) -> str:
 
 
 def padding_report(data_dir: str = "data", batch_size: int = 16, epochs: int = 2) -> str:
-    """The share of padding in training batches, random against length-grouped, with and without joined words; markdown.
+    """The share of padding in training batches for each way of batching, with and without joined words; markdown.
 
-    Batches come from the sampler `Trainer` uses (`RandomSampler`, or transformers'
-    `LengthGroupedSampler` on each clip's duration for `--group-by-length`) over `epochs` of the
-    training split, through `train_hf`'s collator at the default non-speech share: joined words
-    are drawn in the collator, so the sampler only knows the single words' lengths.
+    Batches come from `epochs` of the training split drawn by: `RandomSampler` (plain random
+    batches; the collator draws each example's plan), transformers' `LengthGroupedSampler` on
+    each row's duration (`--group-by-length`: it only knows the single words' lengths, as words
+    are joined later), and `train_hf.PlannedBatches` (the default: plans drawn first, then
+    `--sorted-batches` batches sorted together), all through `train_hf`'s collator at the default
+    non-speech share; and the padding the model processes when each batch runs in the default
+    `--micro-batches` passes (`train_hf.length_parts`).
     """
     import train_hf
     from torch.utils.data import RandomSampler
@@ -799,19 +802,31 @@ def padding_report(data_dir: str = "data", batch_size: int = 16, epochs: int = 2
     train = train.add_column("augment", [True] * len(train))
     rows, pools, reader = train.to_list(), train_hf.word_pools(train), train_hf.ClipReader()
     lines = [f"{data_dir}: {len(rows)} training clips, batch {batch_size}, {epochs} epochs", "",
-             "| batches | words joined (probability) | padding, share of mel frames |", "| --- | --- | --- |"]
+             f"| batches | words joined (probability) | padding, share of mel frames | processed in {args.micro_batches} micro-batches |",
+             "| --- | --- | --- | --- |"]
     for join in (0.0, args.join_probability):
-        for grouped in (False, True):
-            generator = torch.Generator().manual_seed(SEED)
-            sampler = (LengthGroupedSampler(batch_size, lengths=train["seconds"], generator=generator) if grouped
-                       else RandomSampler(rows, generator=generator))
+        samplers = {
+            "random": lambda g: RandomSampler(rows, generator=g),
+            "grouped by length": lambda g: LengthGroupedSampler(batch_size, lengths=train["seconds"], generator=g),
+            f"{args.sorted_batches} planned batches sorted together (default)": lambda g: train_hf.PlannedBatches(
+                rows, pools, tokenizer, join, args.non_speech, batch_size, args.sorted_batches, SEED),
+        }
+        for name, make in samplers.items():
+            sampler = make(torch.Generator().manual_seed(SEED))
             collator = train_hf.Collator(config, tokenizer, (), pools, join, args.non_speech,
                                          generator=torch.Generator().manual_seed(SEED), reader=reader)
-            order = [i for _ in range(epochs) for i in sampler]
+            processed, order = Counter(), []
+            for epoch in range(epochs):
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+                order += list(sampler)
             for start in range(0, len(order) - batch_size + 1, batch_size):
-                collator([rows[i] for i in order[start : start + batch_size]])
+                batch = order[start : start + batch_size]
+                inputs = collator([{**rows[item[0]], "plan": item[1]} if isinstance(item, tuple) else rows[item] for item in batch])
+                for part in train_hf.length_parts(inputs, args.micro_batches):
+                    processed.update(real=int(part["attention_mask"].sum()), padded=int((~part["attention_mask"]).sum()))
             share = collator.frames["padded"] / collator.frames.total()
-            lines.append(f"| {'grouped by length' if grouped else 'random (default)'} | {join} | {100 * share:.1f}% |")
+            lines.append(f"| {name} | {join} | {100 * share:.1f}% | {100 * processed['padded'] / processed.total():.1f}% |")
     return "\n".join(lines)
 
 
@@ -918,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-audio", metavar="RUN_DIR", help="instead: long recordings through this trained model")
     parser.add_argument("--window-seconds", type=float, help="with --long-audio: the longest window (default: the model's)")
     parser.add_argument("--split", default="test", help="with --long-audio: the split whose clips are joined")
-    parser.add_argument("--padding", action="store_true", help="instead: padding in training batches, random vs length-grouped")
+    parser.add_argument("--padding", action="store_true", help="instead: padding in training batches, random vs length-grouped vs planned and sorted")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
