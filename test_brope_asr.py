@@ -1452,6 +1452,9 @@ def test_micro_batches_give_the_whole_batch_loss_and_gradient(tmp_path, micro_ba
     assert parts.item() == pytest.approx(whole.item(), rel=1e-5) and whole.item() > 0
     for expected, got in zip(whole_grads, part_grads):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert trainer.splits_batches()
+    ctc = BRoPEASRForConditionalGeneration(tiny_config(ctc_weight=0.3))  # a mean over clips: the batch runs whole
+    assert not train_hf.ASRTrainer(model=ctc, args=arguments, micro_batches=micro_batches).splits_batches()
     with pytest.raises(ValueError, match="micro_batches must be >= 1"):
         train_hf.ASRTrainer(model=model, args=arguments, micro_batches=0)
 

@@ -739,13 +739,14 @@ def word_pools(split: Dataset, minimum: int = 10) -> dict[str, list[dict]]:
 
 
 class PlannedBatches(torch.utils.data.Sampler):
-    """Training batches of like length, made from examples whose plans are drawn before their audio.
+    """Training batches of examples whose plans are drawn before their audio, optionally of like length.
 
     Every epoch (seeded by `seed` and the epoch): the rows in a random order, one plan each
     (`draw_plan`), then, `sorted_batches` batches at a time, those examples sorted by planned
-    duration, cut into batches and the batches sent in a random order. A batch then pads to a
-    duration near its own clips' instead of the longest clip of a random draw, while which clips
-    share a window stays random. Each batch's loss is scaled by its label tokens over the mean of its
+    duration, cut into batches and the batches sent in a random order. With `sorted_batches` > 1 a
+    batch pads to a duration near its own clips' instead of the longest clip of a random draw,
+    while which clips share a window stays random (it costs accuracy per step: README, "Batches of
+    like length"). Each batch's loss is scaled by its label tokens over the mean of its
     window's batches (`Plan.loss_scale`), so a token weighs as much as in random batches whatever the
     batch's length. 1 gives plain random batches. A row whose source is in `repeats`
     comes that many times an epoch (each time with a plan of its own). Items are (row index, plan) pairs,
@@ -868,8 +869,8 @@ class ASRTrainer(Seq2SeqTrainer):
     toward "off") and the learning rate times `mix_learning_rate_scale`, draws training batches
     from `train_sampler` when one is given (`PlannedBatches`), and runs each training batch's
     forward and backward in `micro_batches` passes over clips of like length (`length_parts`),
-    whose token-weighted losses sum to the batch's: the same step with less padding. With a CTC
-    loss, a mean over clips rather than tokens, the batch is run whole.
+    whose token-weighted losses sum to the batch's: the same step with less padding (in one
+    process and without a CTC loss: `splits_batches`).
     """
 
     def __init__(self, *args, mix_learning_rate_scale: float = 1.0, train_sampler: torch.utils.data.Sampler | None = None,
@@ -880,8 +881,14 @@ class ASRTrainer(Seq2SeqTrainer):
         self.mix_learning_rate_scale, self.train_sampler, self.micro_batches = mix_learning_rate_scale, train_sampler, micro_batches
         self.frames = Counter()  # mel frames the model processed in training: "real" and "padded"
 
+    def splits_batches(self) -> bool:
+        """Whether training batches run as micro-batches: not with a CTC loss (a mean over clips, not tokens),
+        nor under torchrun, where DDP reduces gradients at every backward and expects each to reach every
+        parameter (a part of non-speech alone has a one-token decoder, whose bRoPE gate then gets none)."""
+        return self.micro_batches > 1 and self.model.config.ctc_weight == 0 and self.accelerator.num_processes == 1
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        whole = self.micro_batches == 1 or self.model.config.ctc_weight > 0
+        whole = not self.splits_batches()
         parts = [inputs] if whole else length_parts(inputs, self.micro_batches)
         for part in parts:
             self.frames.update(real=int(part["attention_mask"].sum()), padded=int((~part["attention_mask"].bool()).sum()))
@@ -1365,7 +1372,7 @@ def main(argv=None) -> dict:
         batched = collator.frames["padded"] / max(1, collator.frames.total())
         batching = "grouped by length" if args.group_by_length else f"{args.sorted_batches} sorted together" if planner else "streamed"
         print(f"padding: {100 * results['padding_fraction']:.1f}% of the mel frames the model processed in training "
-              f"({100 * batched:.1f}% of the collated batches, {batching}; {args.micro_batches} micro-batches each)")
+              f"({100 * batched:.1f}% of the collated batches, {batching}; {trainer.micro_batches if trainer.splits_batches() else 1} micro-batches each)")
         if reader.skipped or stream_skipped:
             bad = [*stream_skipped, *reader.skipped.values()]
             print(f"{len(bad)} training rows were bad when their batch was built and were skipped:\n" + "\n".join(bad))
