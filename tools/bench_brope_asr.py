@@ -785,8 +785,8 @@ def padding_report(data_dir: str = "data", batch_size: int = 16, epochs: int = 2
     Batches come from `epochs` of the training split drawn by: `RandomSampler` (plain random
     batches; the collator draws each example's plan), transformers' `LengthGroupedSampler` on
     each row's duration (`--group-by-length`: it only knows the single words' lengths, as words
-    are joined later), and `train_hf.PlannedBatches` (the default: plans drawn first, then
-    `--sorted-batches` batches sorted together), all through `train_hf`'s collator at the default
+    are joined later), and `train_hf.PlannedBatches` with 4 batches sorted together (plans drawn
+    first, so joined words and non-speech are sorted by their real length), all through `train_hf`'s collator at the default
     non-speech share; and the padding the model processes when each batch runs in the default
     `--micro-batches` passes (`train_hf.length_parts`).
     """
@@ -808,8 +808,8 @@ def padding_report(data_dir: str = "data", batch_size: int = 16, epochs: int = 2
         samplers = {
             "random": lambda g: RandomSampler(rows, generator=g),
             "grouped by length": lambda g: LengthGroupedSampler(batch_size, lengths=train["seconds"], generator=g),
-            f"{args.sorted_batches} planned batches sorted together (default)": lambda g: train_hf.PlannedBatches(
-                rows, pools, tokenizer, join, args.non_speech, batch_size, args.sorted_batches, SEED),
+            "planned, 4 batches sorted together (--sorted-batches 4)": lambda g: train_hf.PlannedBatches(
+                rows, pools, tokenizer, join, args.non_speech, batch_size, 4, SEED),
         }
         for name, make in samplers.items():
             sampler = make(torch.Generator().manual_seed(SEED))

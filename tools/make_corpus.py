@@ -15,7 +15,7 @@ the folder holding ``metadata.csv``)::
     data/{validation,test}/NNNNNN.flac         16 kHz, mono, 16-bit FLAC
 
 Training clips are MP3: a third of the bytes of the 12-bit FLAC below, so the
-30 MB budget holds 2.7 times as many training voices and utterances (what
+30 MB budget holds 2.9 times as many training utterances (2,650 against 900) (what
 generalizes to voices never heard); the codec's small changes to the sound act
 as a mild channel perturbation. Validation and test clips, which measure, stay
 FLAC: 16-bit containers, but each clip is quantized (with TPDF dither) to
