@@ -14,6 +14,9 @@ H heads, Dh head width, M mel bins, V vocabulary. Padding is always on the right
 are real is a (B, T) bool `valid` (True on real frames), made from lengths by `lengths_to_mask`;
 `attention_mask` is its name at the Hugging Face interface, and `keep` is `valid` as a float factor.
 
+Names: a function without a leading underscore is used outside this module (train_hf.py, the tools,
+the tests or the README); `_name` is a helper used only here.
+
 References:
 [1] Su et al., RoFormer: Enhanced Transformer with Rotary Position Embedding, arXiv:2104.09864
 [2] Radford et al., Robust Speech Recognition via Large-Scale Weak Supervision (Whisper), arXiv:2212.04356
@@ -206,6 +209,456 @@ class BRoPEASRConfig(PreTrainedConfig):
             if not 0 <= token < self.vocab_size:
                 raise ValueError(f"{token_field}={token} must lie in [0, vocab_size={self.vocab_size})")
         super().__post_init__(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------- positions
+
+
+def rope_frequencies(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
+    """RoPE inverse frequencies theta^(-2i / Dh) for i = 0 .. Dh/2 - 1 [1].
+
+    Returns:
+        (Dh / 2,) float32.
+    """
+    return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of `x` by the angle position x frequency (RoPE [1]).
+
+    Half-split pairing: channel i rotates with channel i + Dh/2 (the GPT-NeoX / Hugging Face layout,
+    not the paper's interleaved (2i, 2i+1)); either is a rotation, so norms are kept and q.k depends
+    only on the position difference. The angle is computed from the real-valued position itself, so
+    a fractional (shifted) position is an exact rotation, not an interpolation between table rows.
+
+    Args:
+        x: (..., S, Dh).
+        positions: (S,) or broadcastable to x.shape[:-1]; int or float.
+        inv_freq: (Dh / 2,) float32.
+    Returns:
+        (..., S, Dh), dtype of x; angles are formed in float32 so position 3000 keeps its precision.
+    """
+    return Rotation.apply(x, rotary_angles(positions, inv_freq))
+
+
+def rotary_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """The angles position x frequency, (..., S, Dh / 2) float32."""
+    return positions.to(inv_freq.dtype)[..., None] * inv_freq
+
+
+def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the angles position x frequency, each (..., S, Dh / 2) float32."""
+    angles = rotary_angles(positions, inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The half-split rotation of `apply_rotary` with precomputed (..., S, Dh / 2) cos and sin."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Rotation(torch.autograd.Function):
+    """y = `rotate`(x, cos a, sin a), with a backward written for rotations.
+
+    Autograd through `rotate` and cos/sin would run about ten elementwise passes over the (B, H, S, Dh)
+    tensors and the (..., S, Dh / 2) angles. A rotation's derivatives are rotations:
+        dL/dx = R(-a) dL/dy,
+        dL/da = y1 * dL/dy2 - y2 * dL/dy1 (d/da R(a) x = R(a + pi/2) x), summed over what `a` was
+            broadcast along (heads, for bRoPE's one shift per token),
+    so the backward is one inverse rotation and one product, from the saved output and cos/sin.
+    The angle gradient is computed only when the angles need it (bRoPE's shifts, learned frequencies).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """Rotate each pair of channels of x by its angle.
+
+        Args:
+            x: (..., S, Dh) queries or keys.
+            angles: (..., S, Dh / 2) float32, broadcastable to x's pairs.
+        Returns:
+            (..., S, Dh), x's dtype.
+        """
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        y = rotate(x, cos, sin)
+        ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, cos, sin)
+        ctx.angles_shape, ctx.angles_dtype = angles.shape, angles.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Gradients for x (the inverse rotation of grad_y) and, when needed, for the angles (y1 g2 - y2 g1).
+
+        Args:
+            grad_y: (..., S, Dh).
+        Returns:
+            (grad_x (..., S, Dh) or None, grad_angles of the angles' shape or None).
+        """
+        y, cos, sin = ctx.saved_tensors
+        g1, g2 = grad_y.chunk(2, dim=-1)
+        grad_x = torch.cat((g1 * cos + g2 * sin, g2 * cos - g1 * sin), dim=-1) if ctx.needs_input_grad[0] else None
+        grad_angles = None
+        if ctx.needs_input_grad[1]:
+            y1, y2 = y.chunk(2, dim=-1)
+            grad_angles = (y1 * g2 - y2 * g1).sum_to_size(ctx.angles_shape).to(ctx.angles_dtype)
+        return grad_x, grad_angles
+
+
+def betweenness_score(
+    z: torch.Tensor, offset: int, causal: bool, valid: torch.Tensor | None = None, eps: float = 1e-6
+) -> torch.Tensor:
+    """How nearly each token lies on the straight path between its neighbours, in [0, 1].
+
+    For a triple (a, b, c) = (z[j-k], z[j], z[j+k]) the score is d(a, c) / (d(a, b) + d(b, c)): 1 when
+    b lies on the segment from a to c, smaller the further it strays (triangle inequality). Without
+    `causal` (the encoder) token j gets the score of the triple centred on it; with `causal` (the
+    decoder) token i gets the score of the triple ending at it, (i-2k, i-k, i), so it depends on
+    tokens <= i only and never changes once computed, which is what lets a KV cache keep it.
+    Tokens without a full triple (sequence edges, or any member padded) score 0. Only shifted
+    slices of z are compared: O(S) memory, no (S, S) distance matrix.
+
+    Args:
+        z: (B, H, S, P) token vectors in the space where distance is measured.
+        offset: k, the neighbour distance.
+        causal: score the triple ending at each token instead of the one centred on it.
+        valid: (B, S) bool, False on padded positions; None if nothing is padded.
+        eps: smooths the distance at 0, d(u, v) = sqrt(|u - v|^2 + eps^2), which keeps the gradient
+            finite for equal vectors and is still a metric on (u, eps), so the score stays <= 1.
+    Returns:
+        (B, H, S) float.
+    """
+    k, length = offset, z.shape[-2]
+    if length <= 2 * k:
+        return z.new_zeros(z.shape[:-1])
+
+    def distance(u, v):
+        return ((u - v).square().sum(-1) + eps**2).sqrt()
+
+    a, b, c = z[..., : length - 2 * k, :], z[..., k : length - k, :], z[..., 2 * k :, :]
+    score = distance(a, c) / (distance(a, b) + distance(b, c))
+    if valid is not None:
+        complete = valid[:, : length - 2 * k] & valid[:, k : length - k] & valid[:, 2 * k :]  # no member padded
+        score = score * complete[:, None, :]
+    return F.pad(score, (2 * k, 0) if causal else (k, k))
+
+
+class BetweennessShift(nn.Module):
+    """bRoPE's learned position shift: max_shift * tanh(gate) * betweenness of the value vectors.
+
+    Distances are measured in a learned projection of the value vectors, concatenated over heads.
+    Values (unlike rotated keys) are position-free and already held by the decoder's KV cache, so a
+    new token's shift is computed from the cache alone. One shift per token serves all heads of the
+    layer, so cos/sin are evaluated once per token, as for plain RoPE, not once per head. The gate
+    starts at 0, so an untrained bRoPE is exactly plain RoPE, and tanh bounds the shift to
+    +-max_shift tokens. The shift varies from token to token by construction: a shift shared by all
+    tokens would cancel in q.k.
+    """
+
+    def __init__(self, config: BRoPEASRConfig, num_heads: int):
+        super().__init__()
+        self.proj = nn.Linear(config.d_model // num_heads, config.betweenness_dim, bias=False)
+        self.gate = nn.Parameter(torch.empty(()))
+        self.offset = config.betweenness_offset
+        self.max_shift = config.betweenness_max_shift
+
+    def forward(self, values: torch.Tensor, causal: bool, valid: torch.Tensor | None) -> torch.Tensor:
+        """The position shift max_shift tanh(gate) score of every token, shared by the heads.
+
+        Args:
+            values: (B, H, S, Dh) attention values.
+            causal: compare a token with earlier neighbours only (the decoder).
+            valid: (B, S) bool real tokens, or None when nothing is padded.
+        Returns:
+            (B, 1, S) shift in tokens.
+        """
+        z = self.proj(values).transpose(1, 2).flatten(2)[:, None]  # (B, 1, S, H P)
+        score = betweenness_score(z, self.offset, causal, valid)
+        return self.max_shift * torch.tanh(self.gate) * score
+
+
+# ------------------------------------------------------------------------------------------- attention
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    blend: torch.Tensor | None = None,
+    temperature: torch.Tensor | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """Softmax attention on torch's fused `scaled_dot_product_attention`, optionally blended.
+
+    The blended similarity b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) is itself one dot product of
+    concatenated vectors, [b tau q/|q|, (1 - b) q / sqrt(Dh)] . [k/|k|, k], so the fused kernel
+    computes it exactly with scale 1 (at twice the query/key width).
+
+    Args:
+        q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh).
+        mask: bool, True where a query may attend, broadcastable to (B, H, Sq, Sk); None for all.
+        is_causal: query i attends to keys <= i (Sq == Sk).
+        blend: (H,) b in [0, 1] per head, or None for plain scaled dot product.
+        temperature: (H,) tau > 0 per head; required with `blend`.
+        dropout: probability on the attention weights.
+    Returns:
+        (B, H, Sq, Dh).
+    """
+    scale = None
+    if blend is not None:
+        b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
+        # F.normalize divides by max(|x|, eps), so padded (zero) vectors give 0, not NaN.
+        q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
+        k = torch.cat((F.normalize(k, dim=-1), k), dim=-1)
+        scale = 1.0
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale)
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    blend: torch.Tensor | None = None,
+    temperature: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference implementation, used only by the tests: `attention` with an explicit score matrix and softmax.
+
+    Args and Returns as `attention` (no dropout).
+    """
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if blend is not None:
+        cosine = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
+        b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
+        scores = b * tau * cosine + (1 - b) * scores
+    if is_causal:
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), -torch.inf)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -torch.inf)
+    return scores.softmax(dim=-1) @ v
+
+
+class Attention(nn.Module):
+    """Multi-head attention for encoder self-attention ("self"), decoder self-attention ("causal")
+    and decoder cross-attention ("cross").
+
+    Self-attention rotates queries and keys by (b)RoPE; cross-attention compares text with audio
+    frames, whose positions live on another axis, so it uses none. The decoder's cache holds keys
+    *before* rotation: with bRoPE a token's position depends on the values of the tokens before it,
+    so positions are recomputed from the cached values at each step and all keys rotated then. That
+    costs O(S Dh) per step, the same order as the attention itself, and keeps one code path for
+    cached and uncached decoding.
+    """
+
+    def __init__(self, config: BRoPEASRConfig, num_heads: int, kind: Literal["self", "causal", "cross"], layer_idx: int):
+        super().__init__()
+        width = config.d_model
+        self.kind, self.layer_idx, self.num_heads = kind, layer_idx, num_heads
+        self.head_dim = width // num_heads
+        self.dropout = config.attention_dropout
+        self.q_proj = nn.Linear(width, width)
+        self.k_proj = nn.Linear(width, width, bias=False)  # a key bias adds the same to every score in a row
+        self.v_proj = nn.Linear(width, width)
+        self.out_proj = nn.Linear(width, width)
+        self.out_proj.residual_output = True  # initialized smaller, by depth (see _init_weights)
+        positional = kind != "cross"
+        self.rope_theta = config.rope_theta
+        self.log_inv_freq = (
+            nn.Parameter(torch.empty(self.head_dim // 2)) if positional and config.learned_rope_frequencies else None
+        )
+        self.betweenness = BetweennessShift(config, num_heads) if positional and config.use_betweenness else None
+        # b = sigmoid(blend_logit) and tau = exp(log_temperature) are recomputed in forward so they train.
+        self.blend_logit = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
+        self.log_temperature = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
+        self.max_temperature = config.attention_max_temperature
+
+    def blend_and_temperature(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """The blend factor b in [0, 1] and cosine temperature tau in [1, max], each (H,); (None, None) if off."""
+        if self.blend_logit is None:
+            return None, None
+        # Clamp in log space first, as Swin V2 does: exp of a large logit is inf, whose gradient is
+        # NaN; the outer clamp only removes float rounding at the bounds.
+        log_max = math.log(self.max_temperature)
+        temperature = self.log_temperature.clamp(0.0, log_max).exp().clamp(1.0, self.max_temperature)
+        return torch.sigmoid(self.blend_logit), temperature
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        """(Dh / 2,) rotary frequencies: learned, or computed from theta (never stored as a buffer)."""
+        if self.log_inv_freq is not None:
+            return self.log_inv_freq.exp()
+        return rope_frequencies(self.head_dim, self.rope_theta, device)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        cache: EncoderDecoderCache | None = None,
+    ) -> torch.Tensor:
+        """softmax(sim(R q, R k) + mask) v with (b)RoPE rotations R, then the output projection.
+
+        Args:
+            x: (B, S, D) queries' stream (and keys' for self-attention).
+            context: (B, T, D) encoder states, for "cross".
+            mask: bool key mask broadcastable to (B, 1, S, T) for "self" and "cross"; "causal" builds its own.
+            valid: (B, S) bool real positions, for the encoder's betweenness; None if unpadded.
+            cache: the decoder's cache ("causal" and "cross"); updated in place.
+        Returns:
+            (B, S, D).
+        """
+        q = self._split_heads(self.q_proj(x))  # (B, H, S, Dh)
+        is_causal = False
+        if self.kind == "cross":
+            k, v = self._cross_keys_values(context, cache)  # (B, H, T, Dh)
+        else:
+            k, v = self._self_keys_values(x, cache)  # (B, H, S_total, Dh): cached past, then the new S
+            q, k = self._rotate(q, k, v, valid)
+            if self.kind == "causal":
+                mask, is_causal = _causal_mask(q.shape[2], k.shape[2], x.device)
+        blend, temperature = self.blend_and_temperature()
+        out = attention(q, k, v, mask, is_causal, blend, temperature, dropout=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(x.shape))  # (B, S, D)
+
+    def _rotate(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b)RoPE: key j at position j (plus its betweenness shift), the S queries at the last S positions.
+
+        Args: q (B, H, S, Dh); k, v (B, H, S_total, Dh); valid (B, S_total) bool or None.
+        Returns: rotated q and k, shapes unchanged.
+        """
+        total, length = k.shape[2], q.shape[2]
+        positions = torch.arange(total, device=q.device, dtype=torch.float32)  # (S_total,)
+        if self.betweenness is not None:
+            positions = positions + self.betweenness(v, causal=self.kind == "causal", valid=valid)  # (B, 1, S_total)
+        angles = rotary_angles(positions, self.inv_freq(q.device))  # (..., S_total, Dh / 2): shared by q and k
+        return Rotation.apply(q, angles[..., total - length :, :]), Rotation.apply(k, angles)
+
+    # Cache bookkeeping, apart from the maths: transformers' EncoderDecoderCache holds the decoder's
+    # past keys/values (self-attention) and the encoder's keys/values (cross-attention, computed once).
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) -> (B, H, S, Dh)."""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _self_keys_values(self, x: torch.Tensor, cache: EncoderDecoderCache | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of x (B, S, D), after the cached past ones: each (B, H, S_total, Dh)."""
+        k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+        if cache is not None:
+            k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
+        return k, v
+
+    def _cross_keys_values(
+        self, context: torch.Tensor, cache: EncoderDecoderCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the encoder states (B, T, D), projected once per clip: each (B, H, T, Dh)."""
+        if cache is not None and cache.is_updated.get(self.layer_idx):
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            return layer.keys, layer.values
+        k, v = self._split_heads(self.k_proj(context)), self._split_heads(self.v_proj(context))
+        if cache is not None:
+            k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
+        return k, v
+
+
+def _causal_mask(length: int, total: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """The key mask for `length` queries at the last positions of `total`: (mask, is_causal).
+
+    A full square (no cache) is `is_causal`, which lets the fused kernel skip the masked half; one
+    new query sees every key; a block of new queries after a cached past gets an explicit
+    (length, total) lower-triangular mask.
+    """
+    if length == 1:
+        return None, False
+    if length == total:
+        return None, True
+    return torch.ones(length, total, dtype=torch.bool, device=device).tril(total - length), False
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+
+
+class FeedForward(nn.Module):
+    """Position-wise two-layer perceptron with GELU."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+        self.fc2.residual_output = True  # initialized smaller, by depth (see _init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """fc2(GELU(fc1 x)).
+
+        Args:
+            x: (..., D).
+        Returns:
+            (..., D).
+        """
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LayerNorm [7] block: self-attention with (b)RoPE, then feed-forward."""
+
+    def __init__(self, config: BRoPEASRConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(config.d_model)
+        self.self_attn = Attention(config, config.encoder_attention_heads, "self", layer_idx)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config.d_model, config.encoder_ffn_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor:
+        """x + SelfAttention(LN x), then + FeedForward(LN x), each with residual dropout.
+
+        Args:
+            x: (B, T, D) encoder states.
+            mask: (B, 1, 1, T) bool key mask, or None when nothing is padded.
+            valid: (B, T) bool real frames (for bRoPE's score), or None.
+        Returns:
+            (B, T, D).
+        """
+        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), mask=mask, valid=valid))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LayerNorm [7] block: causal self-attention with (b)RoPE, cross-attention to the audio, feed-forward."""
+
+    def __init__(self, config: BRoPEASRConfig, layer_idx: int):
+        super().__init__()
+        heads = config.decoder_attention_heads
+        self.self_attn_norm = nn.LayerNorm(config.d_model)
+        self.self_attn = Attention(config, heads, "causal", layer_idx)
+        self.cross_attn_norm = nn.LayerNorm(config.d_model)
+        self.cross_attn = Attention(config, heads, "cross", layer_idx)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config.d_model, config.decoder_ffn_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, audio: torch.Tensor, audio_mask: torch.Tensor | None, cache: EncoderDecoderCache | None
+    ) -> torch.Tensor:
+        """x + CausalSelfAttention(LN x), + CrossAttention(LN x, audio), + FeedForward(LN x).
+
+        Args:
+            x: (B, S, D) decoder states of the new tokens.
+            audio: (B, T', D) encoder states.
+            audio_mask: (B, 1, 1, T') bool key mask over the audio, or None.
+            cache: the key/value cache while generating, or None.
+        Returns:
+            (B, S, D).
+        """
+        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), cache=cache))
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), context=audio, mask=audio_mask, cache=cache))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
 # ----------------------------------------------------------------------------------- signal processing
@@ -413,7 +866,7 @@ def load_audio(source, sampling_rate: int = SAMPLE_RATE, name: str | None = None
     name = str(source) if name is None else name
     with open_audio(source, name) as file:
         samples, file_sr = file.read(dtype="float32", always_2d=True), file.samplerate
-    return check_audio(resample(samples.mean(axis=1), file_sr, sampling_rate), name)
+    return _check_audio(resample(samples.mean(axis=1), file_sr, sampling_rate), name)
 
 
 def open_audio(source, name: str) -> soundfile.SoundFile:
@@ -428,10 +881,10 @@ def open_audio(source, name: str) -> soundfile.SoundFile:
 
 def audio_array(samples, sampling_rate: int, name: str) -> torch.Tensor:
     """Decoded samples ((N,), or channels on the shorter axis) at any rate -> checked (N,) float32 at 16 kHz."""
-    return check_audio(resample(mono(samples), int(sampling_rate)), name)
+    return _check_audio(resample(mono(samples), int(sampling_rate)), name)
 
 
-def check_audio(samples: torch.Tensor, name: str) -> torch.Tensor:
+def _check_audio(samples: torch.Tensor, name: str) -> torch.Tensor:
     """Reject clips the model cannot use, with an error naming `name` (a file or a dataset row).
 
     Args:
@@ -467,413 +920,10 @@ def batch_inputs(waveforms: list[torch.Tensor], config) -> dict[str, torch.Tenso
     return inputs
 
 
-# ------------------------------------------------------------------------------------------- positions
-
-
-def rope_frequencies(head_dim: int, theta: float, device: torch.device | None = None) -> torch.Tensor:
-    """RoPE inverse frequencies theta^(-2i / Dh) for i = 0 .. Dh/2 - 1 [1].
-
-    Returns:
-        (Dh / 2,) float32.
-    """
-    return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
-
-
-def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of `x` by the angle position x frequency (RoPE [1]).
-
-    Half-split pairing: channel i rotates with channel i + Dh/2 (the GPT-NeoX / Hugging Face layout,
-    not the paper's interleaved (2i, 2i+1)); either is a rotation, so norms are kept and q.k depends
-    only on the position difference. The angle is computed from the real-valued position itself, so
-    a fractional (shifted) position is an exact rotation, not an interpolation between table rows.
-
-    Args:
-        x: (..., S, Dh).
-        positions: (S,) or broadcastable to x.shape[:-1]; int or float.
-        inv_freq: (Dh / 2,) float32.
-    Returns:
-        (..., S, Dh), dtype of x; angles are formed in float32 so position 3000 keeps its precision.
-    """
-    return Rotation.apply(x, rotary_angles(positions, inv_freq))
-
-
-def rotary_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """The angles position x frequency, (..., S, Dh / 2) float32."""
-    return positions.to(inv_freq.dtype)[..., None] * inv_freq
-
-
-def rotary_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the angles position x frequency, each (..., S, Dh / 2) float32."""
-    angles = rotary_angles(positions, inv_freq)
-    return angles.cos(), angles.sin()
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The half-split rotation of `apply_rotary` with precomputed (..., S, Dh / 2) cos and sin."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-class Rotation(torch.autograd.Function):
-    """y = `rotate`(x, cos a, sin a), with a backward written for rotations.
-
-    Autograd through `rotate` and cos/sin would run about ten elementwise passes over the (B, H, S, Dh)
-    tensors and the (..., S, Dh / 2) angles. A rotation's derivatives are rotations:
-        dL/dx = R(-a) dL/dy,
-        dL/da = y1 * dL/dy2 - y2 * dL/dy1 (d/da R(a) x = R(a + pi/2) x), summed over what `a` was
-            broadcast along (heads, for bRoPE's one shift per token),
-    so the backward is one inverse rotation and one product, from the saved output and cos/sin.
-    The angle gradient is computed only when the angles need it (bRoPE's shifts, learned frequencies).
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-        """x: (..., S, Dh); angles: (..., S, Dh / 2) float32, broadcastable to x's pairs. Returns (..., S, Dh)."""
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        y = rotate(x, cos, sin)
-        ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, cos, sin)
-        ctx.angles_shape, ctx.angles_dtype = angles.shape, angles.dtype
-        return y
-
-    @staticmethod
-    def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        y, cos, sin = ctx.saved_tensors
-        g1, g2 = grad_y.chunk(2, dim=-1)
-        grad_x = torch.cat((g1 * cos + g2 * sin, g2 * cos - g1 * sin), dim=-1) if ctx.needs_input_grad[0] else None
-        grad_angles = None
-        if ctx.needs_input_grad[1]:
-            y1, y2 = y.chunk(2, dim=-1)
-            grad_angles = (y1 * g2 - y2 * g1).sum_to_size(ctx.angles_shape).to(ctx.angles_dtype)
-        return grad_x, grad_angles
-
-
-def betweenness_score(
-    z: torch.Tensor, offset: int, causal: bool, valid: torch.Tensor | None = None, eps: float = 1e-6
-) -> torch.Tensor:
-    """How nearly each token lies on the straight path between its neighbours, in [0, 1].
-
-    For a triple (a, b, c) = (z[j-k], z[j], z[j+k]) the score is d(a, c) / (d(a, b) + d(b, c)): 1 when
-    b lies on the segment from a to c, smaller the further it strays (triangle inequality). Without
-    `causal` (the encoder) token j gets the score of the triple centred on it; with `causal` (the
-    decoder) token i gets the score of the triple ending at it, (i-2k, i-k, i), so it depends on
-    tokens <= i only and never changes once computed, which is what lets a KV cache keep it.
-    Tokens without a full triple (sequence edges, or any member padded) score 0. Only shifted
-    slices of z are compared: O(S) memory, no (S, S) distance matrix.
-
-    Args:
-        z: (B, H, S, P) token vectors in the space where distance is measured.
-        offset: k, the neighbour distance.
-        causal: score the triple ending at each token instead of the one centred on it.
-        valid: (B, S) bool, False on padded positions; None if nothing is padded.
-        eps: smooths the distance at 0, d(u, v) = sqrt(|u - v|^2 + eps^2), which keeps the gradient
-            finite for equal vectors and is still a metric on (u, eps), so the score stays <= 1.
-    Returns:
-        (B, H, S) float.
-    """
-    k, length = offset, z.shape[-2]
-    if length <= 2 * k:
-        return z.new_zeros(z.shape[:-1])
-
-    def distance(u, v):
-        return ((u - v).square().sum(-1) + eps**2).sqrt()
-
-    a, b, c = z[..., : length - 2 * k, :], z[..., k : length - k, :], z[..., 2 * k :, :]
-    score = distance(a, c) / (distance(a, b) + distance(b, c))
-    if valid is not None:
-        complete = valid[:, : length - 2 * k] & valid[:, k : length - k] & valid[:, 2 * k :]  # no member padded
-        score = score * complete[:, None, :]
-    return F.pad(score, (2 * k, 0) if causal else (k, k))
-
-
-class BetweennessShift(nn.Module):
-    """bRoPE's learned position shift: max_shift * tanh(gate) * betweenness of the value vectors.
-
-    Distances are measured in a learned projection of the value vectors, concatenated over heads.
-    Values (unlike rotated keys) are position-free and already held by the decoder's KV cache, so a
-    new token's shift is computed from the cache alone. One shift per token serves all heads of the
-    layer, so cos/sin are evaluated once per token, as for plain RoPE, not once per head. The gate
-    starts at 0, so an untrained bRoPE is exactly plain RoPE, and tanh bounds the shift to
-    +-max_shift tokens. The shift varies from token to token by construction: a shift shared by all
-    tokens would cancel in q.k.
-    """
-
-    def __init__(self, config: BRoPEASRConfig, num_heads: int):
-        super().__init__()
-        self.proj = nn.Linear(config.d_model // num_heads, config.betweenness_dim, bias=False)
-        self.gate = nn.Parameter(torch.empty(()))
-        self.offset = config.betweenness_offset
-        self.max_shift = config.betweenness_max_shift
-
-    def forward(self, values: torch.Tensor, causal: bool, valid: torch.Tensor | None) -> torch.Tensor:
-        """Args: values (B, H, S, Dh); valid (B, S) bool or None. Returns: (B, 1, S) shift in tokens."""
-        z = self.proj(values).transpose(1, 2).flatten(2)[:, None]  # (B, 1, S, H P)
-        score = betweenness_score(z, self.offset, causal, valid)
-        return self.max_shift * torch.tanh(self.gate) * score
-
-
-# ------------------------------------------------------------------------------------------- attention
-
-
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    blend: torch.Tensor | None = None,
-    temperature: torch.Tensor | None = None,
-    dropout: float = 0.0,
-) -> torch.Tensor:
-    """Softmax attention on torch's fused `scaled_dot_product_attention`, optionally blended.
-
-    The blended similarity b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) is itself one dot product of
-    concatenated vectors, [b tau q/|q|, (1 - b) q / sqrt(Dh)] . [k/|k|, k], so the fused kernel
-    computes it exactly with scale 1 (at twice the query/key width).
-
-    Args:
-        q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh).
-        mask: bool, True where a query may attend, broadcastable to (B, H, Sq, Sk); None for all.
-        is_causal: query i attends to keys <= i (Sq == Sk).
-        blend: (H,) b in [0, 1] per head, or None for plain scaled dot product.
-        temperature: (H,) tau > 0 per head; required with `blend`.
-        dropout: probability on the attention weights.
-    Returns:
-        (B, H, Sq, Dh).
-    """
-    scale = None
-    if blend is not None:
-        b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
-        # F.normalize divides by max(|x|, eps), so padded (zero) vectors give 0, not NaN.
-        q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
-        k = torch.cat((F.normalize(k, dim=-1), k), dim=-1)
-        scale = 1.0
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale)
-
-
-def attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    is_causal: bool = False,
-    blend: torch.Tensor | None = None,
-    temperature: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Reference implementation, used only by the tests: `attention` with an explicit score matrix and softmax.
-
-    Args and Returns as `attention` (no dropout).
-    """
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if blend is not None:
-        cosine = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-1, -2)
-        b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
-        scores = b * tau * cosine + (1 - b) * scores
-    if is_causal:
-        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), -torch.inf)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -torch.inf)
-    return scores.softmax(dim=-1) @ v
-
-
-class Attention(nn.Module):
-    """Multi-head attention for encoder self-attention ("self"), decoder self-attention ("causal")
-    and decoder cross-attention ("cross").
-
-    Self-attention rotates queries and keys by (b)RoPE; cross-attention compares text with audio
-    frames, whose positions live on another axis, so it uses none. The decoder's cache holds keys
-    *before* rotation: with bRoPE a token's position depends on the values of the tokens before it,
-    so positions are recomputed from the cached values at each step and all keys rotated then. That
-    costs O(S Dh) per step, the same order as the attention itself, and keeps one code path for
-    cached and uncached decoding.
-    """
-
-    def __init__(self, config: BRoPEASRConfig, num_heads: int, kind: Literal["self", "causal", "cross"], layer_idx: int):
-        super().__init__()
-        width = config.d_model
-        self.kind, self.layer_idx, self.num_heads = kind, layer_idx, num_heads
-        self.head_dim = width // num_heads
-        self.dropout = config.attention_dropout
-        self.q_proj = nn.Linear(width, width)
-        self.k_proj = nn.Linear(width, width, bias=False)  # a key bias adds the same to every score in a row
-        self.v_proj = nn.Linear(width, width)
-        self.out_proj = nn.Linear(width, width)
-        positional = kind != "cross"
-        self.rope_theta = config.rope_theta
-        self.log_inv_freq = (
-            nn.Parameter(torch.empty(self.head_dim // 2)) if positional and config.learned_rope_frequencies else None
-        )
-        self.betweenness = BetweennessShift(config, num_heads) if positional and config.use_betweenness else None
-        # b = sigmoid(blend_logit) and tau = exp(log_temperature) are recomputed in forward so they train.
-        self.blend_logit = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
-        self.log_temperature = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
-        self.max_temperature = config.attention_max_temperature
-
-    def blend_and_temperature(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        """The blend factor b in [0, 1] and cosine temperature tau in [1, max], each (H,); (None, None) if off."""
-        if self.blend_logit is None:
-            return None, None
-        # Clamp in log space first, as Swin V2 does: exp of a large logit is inf, whose gradient is
-        # NaN; the outer clamp only removes float rounding at the bounds.
-        log_max = math.log(self.max_temperature)
-        temperature = self.log_temperature.clamp(0.0, log_max).exp().clamp(1.0, self.max_temperature)
-        return torch.sigmoid(self.blend_logit), temperature
-
-    def inv_freq(self, device: torch.device) -> torch.Tensor:
-        """(Dh / 2,) rotary frequencies: learned, or computed from theta (never stored as a buffer)."""
-        if self.log_inv_freq is not None:
-            return self.log_inv_freq.exp()
-        return rope_frequencies(self.head_dim, self.rope_theta, device)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        valid: torch.Tensor | None = None,
-        cache: EncoderDecoderCache | None = None,
-    ) -> torch.Tensor:
-        """softmax(sim(R q, R k) + mask) v with (b)RoPE rotations R, then the output projection.
-
-        Args:
-            x: (B, S, D) queries' stream (and keys' for self-attention).
-            context: (B, T, D) encoder states, for "cross".
-            mask: bool key mask broadcastable to (B, 1, S, T) for "self" and "cross"; "causal" builds its own.
-            valid: (B, S) bool real positions, for the encoder's betweenness; None if unpadded.
-            cache: the decoder's cache ("causal" and "cross"); updated in place.
-        Returns:
-            (B, S, D).
-        """
-        q = self._split_heads(self.q_proj(x))  # (B, H, S, Dh)
-        is_causal = False
-        if self.kind == "cross":
-            k, v = self._cross_keys_values(context, cache)  # (B, H, T, Dh)
-        else:
-            k, v = self._self_keys_values(x, cache)  # (B, H, S_total, Dh): cached past, then the new S
-            q, k = self._rotate(q, k, v, valid)
-            if self.kind == "causal":
-                mask, is_causal = causal_mask(q.shape[2], k.shape[2], x.device)
-        blend, temperature = self.blend_and_temperature()
-        out = attention(q, k, v, mask, is_causal, blend, temperature, dropout=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(x.shape))  # (B, S, D)
-
-    def _rotate(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b)RoPE: key j at position j (plus its betweenness shift), the S queries at the last S positions.
-
-        Args: q (B, H, S, Dh); k, v (B, H, S_total, Dh); valid (B, S_total) bool or None.
-        Returns: rotated q and k, shapes unchanged.
-        """
-        total, length = k.shape[2], q.shape[2]
-        positions = torch.arange(total, device=q.device, dtype=torch.float32)  # (S_total,)
-        if self.betweenness is not None:
-            positions = positions + self.betweenness(v, causal=self.kind == "causal", valid=valid)  # (B, 1, S_total)
-        angles = rotary_angles(positions, self.inv_freq(q.device))  # (..., S_total, Dh / 2): shared by q and k
-        return Rotation.apply(q, angles[..., total - length :, :]), Rotation.apply(k, angles)
-
-    # Cache bookkeeping, apart from the maths: transformers' EncoderDecoderCache holds the decoder's
-    # past keys/values (self-attention) and the encoder's keys/values (cross-attention, computed once).
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S, D) -> (B, H, S, Dh)."""
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-
-    def _self_keys_values(self, x: torch.Tensor, cache: EncoderDecoderCache | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of x (B, S, D), after the cached past ones: each (B, H, S_total, Dh)."""
-        k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
-        if cache is not None:
-            k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
-        return k, v
-
-    def _cross_keys_values(
-        self, context: torch.Tensor, cache: EncoderDecoderCache | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the encoder states (B, T, D), projected once per clip: each (B, H, T, Dh)."""
-        if cache is not None and cache.is_updated.get(self.layer_idx):
-            layer = cache.cross_attention_cache.layers[self.layer_idx]
-            return layer.keys, layer.values
-        k, v = self._split_heads(self.k_proj(context)), self._split_heads(self.v_proj(context))
-        if cache is not None:
-            k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
-            cache.is_updated[self.layer_idx] = True
-        return k, v
-
-
-def causal_mask(length: int, total: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
-    """The key mask for `length` queries at the last positions of `total`: (mask, is_causal).
-
-    A full square (no cache) is `is_causal`, which lets the fused kernel skip the masked half; one
-    new query sees every key; a block of new queries after a cached past gets an explicit
-    (length, total) lower-triangular mask.
-    """
-    if length == 1:
-        return None, False
-    if length == total:
-        return None, True
-    return torch.ones(length, total, dtype=torch.bool, device=device).tril(total - length), False
-
-
-# ---------------------------------------------------------------------------------------------- blocks
-
-
-class FeedForward(nn.Module):
-    """Position-wise two-layer perceptron with GELU."""
-
-    def __init__(self, width: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(width, hidden)
-        self.fc2 = nn.Linear(hidden, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., D)."""
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-class EncoderLayer(nn.Module):
-    """Pre-LayerNorm [7] block: self-attention with (b)RoPE, then feed-forward."""
-
-    def __init__(self, config: BRoPEASRConfig, layer_idx: int):
-        super().__init__()
-        self.self_attn_norm = nn.LayerNorm(config.d_model)
-        self.self_attn = Attention(config, config.encoder_attention_heads, "self", layer_idx)
-        self.ffn_norm = nn.LayerNorm(config.d_model)
-        self.ffn = FeedForward(config.d_model, config.encoder_ffn_dim)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, valid: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, T, D); mask: (B, 1, 1, T) bool or None; valid: (B, T) bool or None. Returns (B, T, D)."""
-        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), mask=mask, valid=valid))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
-
-
-class DecoderLayer(nn.Module):
-    """Pre-LayerNorm [7] block: causal self-attention with (b)RoPE, cross-attention to the audio, feed-forward."""
-
-    def __init__(self, config: BRoPEASRConfig, layer_idx: int):
-        super().__init__()
-        heads = config.decoder_attention_heads
-        self.self_attn_norm = nn.LayerNorm(config.d_model)
-        self.self_attn = Attention(config, heads, "causal", layer_idx)
-        self.cross_attn_norm = nn.LayerNorm(config.d_model)
-        self.cross_attn = Attention(config, heads, "cross", layer_idx)
-        self.ffn_norm = nn.LayerNorm(config.d_model)
-        self.ffn = FeedForward(config.d_model, config.decoder_ffn_dim)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(
-        self, x: torch.Tensor, audio: torch.Tensor, audio_mask: torch.Tensor | None, cache: EncoderDecoderCache | None
-    ) -> torch.Tensor:
-        """x: (B, S, D); audio: (B, T', D); audio_mask: (B, 1, 1, T') bool or None. Returns (B, S, D)."""
-        x = x + self.dropout(self.self_attn(self.self_attn_norm(x), cache=cache))
-        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), context=audio, mask=audio_mask, cache=cache))
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
-
-
 # ------------------------------------------------------------------------------ front ends and encoder
 
 
-def key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+def _key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
     """(B, T) bool real positions -> (B, 1, 1, T) attention key mask, or None when nothing is padded."""
     if valid is None or bool(valid.all()):
         return None
@@ -900,7 +950,14 @@ class SpectrogramFrontEnd(nn.Module):
         self.excite = nn.Linear(width // 4, width)
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """features: (B, M, T); valid: (B, T) bool. Returns (B, T, D)."""
+        """Log-mel to width-D frames: conv, residual depthwise-separable conv, squeeze-and-excitation.
+
+        Args:
+            features: (B, M, T) log-mel.
+            valid: (B, T) bool real frames.
+        Returns:
+            (B, T, D), zero on padded frames before the excitation.
+        """
         keep = valid[:, None, :].to(features.dtype)
         if self.normalize:  # a fixed channel (microphone, gain, spectral tilt) adds a constant per bin: remove it
             features = features - (features * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)  # (B, M, T)
@@ -933,7 +990,14 @@ class WaveformFrontEnd(nn.Module):
         )
 
     def forward(self, waveform: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """waveform: (B, 160 T); valid: (B, T) bool real frames. Returns (B, T, D)."""
+        """Standardized samples through the strided convolutions, to the 100-frames-per-second grid.
+
+        Args:
+            waveform: (B, 160 T) samples at 16 kHz.
+            valid: (B, T) bool real frames.
+        Returns:
+            (B, T, D).
+        """
         lengths = valid.sum(1) * HOP_LENGTH
         keep = lengths_to_mask(lengths, waveform.shape[1]).to(waveform.dtype)  # (B, N)
         mean = (waveform * keep).sum(1, keepdim=True) / lengths[:, None]
@@ -1042,7 +1106,9 @@ class Encoder(nn.Module):
         waveform: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> BaseModelOutput:
-        """Args:
+        """Audio -> encoder states: front end(s), downsampling, absolute positions, the blocks, a final LayerNorm.
+
+        Args:
             input_features: (B, M, T) log-mel, for "spectrogram" and "both".
             waveform: (B, 160 T) samples at 16 kHz, for "waveform" and "both" (extra samples are dropped).
             attention_mask: (B, T) 1 on real mel frames (right padding); None if nothing is padded.
@@ -1058,17 +1124,17 @@ class Encoder(nn.Module):
             branches.append(self.waveform_norm(self.waveform(waveform[:, : frames * HOP_LENGTH], valid)))
         if len(branches) == 2:
             b = self.input_blend()
-            h = b * branches[0] + (1 - b) * branches[1]
+            h = b * branches[0] + (1 - b) * branches[1]  # (B, T, D)
         else:
-            h = branches[0]
+            h = branches[0]  # (B, T, D)
         for conv in self.downsample:
             h = h * valid[:, :, None].to(h.dtype)  # zero padding first: the stride-2 kernel reaches one frame past a clip
-            h = F.gelu(conv(h.transpose(1, 2))).transpose(1, 2)
+            h = F.gelu(conv(h.transpose(1, 2))).transpose(1, 2)  # (B, ceil(T / 2), D)
             valid = valid[:, ::2]
         if self.config.absolute_encoder_positions:
             h = h + sinusoids(h.shape[1], h.shape[2], h.device).to(h.dtype)
         h = self.dropout(h)
-        mask = key_mask(valid)
+        mask = _key_mask(valid)  # (B, 1, 1, T') or None
         betweenness_valid = None if mask is None else valid
         for layer in self.layers:
             h = layer(h, mask, betweenness_valid)
@@ -1093,8 +1159,16 @@ class Decoder(nn.Module):
         audio_mask: torch.Tensor | None,
         cache: EncoderDecoderCache | None,
     ) -> torch.Tensor:
-        """input_ids: (B, S) the new tokens (all of them without a cache); audio: (B, T', D);
-        audio_mask: (B, 1, 1, T') bool or None. Returns (B, S, D)."""
+        """Token embeddings through the decoder blocks and the final LayerNorm.
+
+        Args:
+            input_ids: (B, S) the new tokens (all of them without a cache).
+            audio: (B, T', D) encoder states.
+            audio_mask: (B, 1, 1, T') bool key mask over the audio, or None.
+            cache: the key/value cache while generating, or None.
+        Returns:
+            (B, S, D) states (the model's tied projection turns them into logits).
+        """
         past = cache.get_seq_length() if cache is not None else 0
         if past + input_ids.shape[1] > self.max_target_positions:
             raise ValueError(
@@ -1142,7 +1216,7 @@ class DurationLimit(LogitsProcessor):
         return torch.where(full[:, None], forced, scores)
 
 
-def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+def _shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
     """Teacher-forcing inputs: (B, S) labels (-100 on padding) -> (B, S) decoder inputs starting with the start token."""
     shifted = labels.new_full(labels.shape, pad_token_id)
     shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_token_id)
@@ -1193,11 +1267,13 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
-        """Per-type init (see INIT_RULES). transformers' `init` functions skip tensors loaded by
-        `from_pretrained`; modules are visited children first, so a parent may re-initialize a child."""
+        """Per-type init (see INIT_RULES) of `module`'s own parameters only, so the order in which modules
+        are visited does not matter. transformers' `init` functions skip tensors loaded by `from_pretrained`."""
         config = self.config
-        std = config.init_std
         if isinstance(module, nn.Linear):
+            std = config.init_std
+            if getattr(module, "residual_output", False):  # residual branches add up over depth: start them smaller [8]
+                std /= math.sqrt(2 * (config.encoder_layers + config.decoder_layers))
             init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -1205,21 +1281,16 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
             init.kaiming_normal_(module.weight, nonlinearity="relu")
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            init.normal_(module.weight, std=std)
+            init.normal_(module.weight, std=config.init_std)
         elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, (Attention, FeedForward)):
-            # Residual branches add up over depth: shrink their output layer as GPT-2 does [8].
-            output = module.out_proj if isinstance(module, Attention) else module.fc2
-            residual_std = std / math.sqrt(2 * (config.encoder_layers + config.decoder_layers))
-            init.trunc_normal_(output.weight, std=residual_std, a=-2 * residual_std, b=2 * residual_std)
-            if isinstance(module, Attention):
-                if module.blend_logit is not None:
-                    init.zeros_(module.blend_logit)
-                    init.constant_(module.log_temperature, 0.5 * math.log(module.head_dim))
-                if module.log_inv_freq is not None:
-                    init.copy_(module.log_inv_freq, rope_frequencies(module.head_dim, module.rope_theta).log())
+        elif isinstance(module, Attention):
+            if module.blend_logit is not None:
+                init.zeros_(module.blend_logit)
+                init.constant_(module.log_temperature, 0.5 * math.log(module.head_dim))
+            if module.log_inv_freq is not None:
+                init.copy_(module.log_inv_freq, rope_frequencies(module.head_dim, module.rope_theta).log())
         elif isinstance(module, BetweennessShift):
             init.zeros_(module.gate)
         elif isinstance(module, Encoder) and module.input_blend_logit is not None:
@@ -1269,7 +1340,9 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         return_dict: bool | None = None,
     ) -> Seq2SeqLMOutput | tuple:
-        """Args:
+        """Encode the audio (unless `encoder_outputs` is given), decode the tokens, and score them against `labels`.
+
+        Args:
             input_features: (B, M, T) log-mel (`log_mel_spectrogram`), for "spectrogram"/"both".
             waveform: (B, 160 T) 16 kHz samples, for "waveform"/"both".
             attention_mask: (B, T) 1 on real mel frames, right-padded; None if unpadded.
@@ -1294,12 +1367,12 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("forward needs `decoder_input_ids` or `labels`")
-            decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+            decoder_input_ids = _shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
         if decoder_input_ids.dim() != 2:
             raise ValueError(f"decoder_input_ids must be (batch, tokens), got {tuple(decoder_input_ids.shape)}")
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        hidden = self.decoder(decoder_input_ids, audio, key_mask(valid), cache)
+        hidden = self.decoder(decoder_input_ids, audio, _key_mask(valid), cache)
         logits = hidden @ self.decoder.embed_tokens.weight.T
 
         loss = None
@@ -1552,7 +1625,7 @@ def transcribe_file(
 class BRoPEASRFeatureExtractor(SequenceFeatureExtractor):
     """Audio -> model inputs, the one path every caller takes (training collator, `transcribe`, pipeline).
 
-    Resamples to 16 kHz (`resample`), checks each clip (`check_audio`), pads to the longest clip
+    Resamples to 16 kHz (`resample`), checks each clip (`_check_audio`), pads to the longest clip
     of the batch (never to 30 s) and builds what `input_mode` needs (`batch_inputs`): the log-mel
     `input_features` (B, M, T) and/or the `waveform` (B, 160 T), with the frame `attention_mask`.
     """
@@ -1595,7 +1668,9 @@ class BRoPEASRFeatureExtractor(SequenceFeatureExtractor):
         return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
-        """Args:
+        """Clips -> the padded model inputs `input_mode` needs, with the frame `attention_mask`.
+
+        Args:
             raw_speech: one clip (N,), or a list of clips, float samples; a (B, N) array is B clips.
             sampling_rate: their rate in Hz; None means already 16 kHz.
             return_tensors: "pt" (default) or "np".
@@ -1609,7 +1684,7 @@ class BRoPEASRFeatureExtractor(SequenceFeatureExtractor):
         if len(raw_speech) == 0:
             raise ValueError("no audio given")
         rate = SAMPLE_RATE if sampling_rate is None else sampling_rate
-        clips = [check_audio(resample(clip, rate), f"clip {i}") for i, clip in enumerate(raw_speech)]
+        clips = [_check_audio(resample(clip, rate), f"clip {i}") for i, clip in enumerate(raw_speech)]
         inputs = batch_inputs(clips, self)
         return BatchFeature({name: value.numpy() if return_tensors == "np" else value for name, value in inputs.items()})
 
@@ -1675,6 +1750,7 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return getattr(self.model.config, "model_type", None) == BRoPEASRConfig.model_type
 
     def preprocess(self, inputs, chunk_length_s=0, stride_length_s=None):
+        """A file, bytes, array or {"raw"/"array", "sampling_rate"} dict -> windows cut at pauses, one item each."""
         if not self.is_brope:
             yield from super().preprocess(inputs, chunk_length_s=chunk_length_s, stride_length_s=stride_length_s)
             return
@@ -1690,13 +1766,14 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 raise ValueError('a dict input needs "raw" (or "array") samples and their "sampling_rate"')
             audio = audio_array(samples, inputs["sampling_rate"], "audio")
         else:
-            audio = check_audio(mono(inputs), "audio")
+            audio = _check_audio(mono(inputs), "audio")
         windows = speech_windows(audio, int(window_seconds(self.model.config, chunk_length_s) * SAMPLE_RATE))
         for i, (start, end) in enumerate(windows):
             # (1, n) samples and (1,) their count: the pipeline's batching pads the first and stacks the second
             yield {"is_last": i == len(windows) - 1, "samples": audio[None, start:end], "num_samples": torch.tensor([end - start])}
 
     def _forward(self, model_inputs, return_timestamps=False, return_language=None, **generate_kwargs):
+        """One batch of windows -> their generated tokens (other models: the parent's forward)."""
         if not self.is_brope:
             return super()._forward(model_inputs, return_timestamps, return_language, **generate_kwargs)
         samples, counts = model_inputs.pop("samples"), model_inputs.pop("num_samples")
@@ -1717,7 +1794,7 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 # --------------------------------------------------------------------------------------------- metrics
 
 
-def edit_distance(reference: list | str, hypothesis: list | str) -> int:
+def _edit_distance(reference: list | str, hypothesis: list | str) -> int:
     """Levenshtein distance (substitutions + deletions + insertions), one DP row at a time."""
     previous = list(range(len(hypothesis) + 1))
     for i, ref_item in enumerate(reference, start=1):
@@ -1729,9 +1806,10 @@ def edit_distance(reference: list | str, hypothesis: list | str) -> int:
 
 
 def _error_rate(predictions: list[str], references: list[str], split, unit: str) -> float:
+    """Total edits over total reference units, units made by `split` (words or characters), named `unit` in errors."""
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions for {len(references)} references")
-    errors = sum(edit_distance(split(ref), split(hyp)) for hyp, ref in zip(predictions, references))
+    errors = sum(_edit_distance(split(ref), split(hyp)) for hyp, ref in zip(predictions, references))
     total = sum(len(split(ref)) for ref in references)
     if total == 0:
         raise ValueError(f"the references hold no {unit}s; the error rate is undefined")
@@ -1786,7 +1864,7 @@ def token_scores(pred_ids: torch.Tensor, label_ids: torch.Tensor, ignore_index: 
 # ------------------------------------------------------------------------------------------ registration
 
 
-def register() -> None:
+def _register() -> None:
     """Make transformers' Auto classes and ASR pipeline know brope-asr; runs when the module is imported.
 
     `AutoConfig`, `AutoModelForSpeechSeq2Seq`, `AutoFeatureExtractor` and `AutoProcessor` map
@@ -1807,7 +1885,7 @@ def register() -> None:
     PIPELINE_REGISTRY.supported_tasks["automatic-speech-recognition"] = {**task, "impl": SpeechRecognitionPipeline}
 
 
-register()
+_register()
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -1007,7 +1007,7 @@ def write_csv(path: Path, rows: list[dict], columns):
 
 
 class MetricsTable(TrainerCallback):
-    """Prints one table row per evaluation (the original's columns plus CER) and keeps the history."""
+    """Prints one table row per evaluation (losses, WER, CER, token accuracy, precision, recall, F1) and keeps the history."""
 
     COLUMNS = ("step", "train_loss", "eval_loss", "wer", "cer", "accuracy", "precision", "recall", "f1")
 
@@ -1211,10 +1211,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    """Train, save, and test; returns the test metrics (none without a test split) and "train_seconds"."""
-    args = parse_args(argv)
-    output_dir = Path(args.output_dir)
+def check_args(args: argparse.Namespace):
+    """Refuse flag combinations that cannot work together, with a `ValueError` naming them."""
     if args.max_steps is None and args.streaming:
         raise ValueError("--streaming needs --max-steps: a stream has no length to count epochs by")
     if args.streaming and args.group_by_length:
@@ -1223,22 +1221,27 @@ def main(argv=None) -> dict:
         raise ValueError("--source-repeats needs the planned batches, which --streaming and --group-by-length replace")
     if args.sorted_batches < 1:
         raise ValueError(f"--sorted-batches must be at least 1 (1 = random batches), got {args.sorted_batches}")
-    args.max_steps = args.max_steps or DEFAULT_MAX_STEPS
-    splits = load_splits(args)
-    train = splits["train"]
+
+
+def make_tokenizer(args: argparse.Namespace, train: Dataset | IterableDataset):
+    """The tokenizer `--tokenizer` asks for: characters of the training transcripts (default), a BPE trained on them, or a saved one."""
     if args.streaming:  # the tokenizer learns from the stream's first rows
         train_texts = [normalize_text(row["text"]) for row in train.select_columns(["text"]).take(TOKENIZER_ROWS)]
     else:
         train_texts = [normalize_text(text) for text in train["text"]]
     if args.tokenizer and args.tokenizer.startswith("bpe:"):
-        tokenizer = build_bpe_tokenizer(train_texts, int(args.tokenizer.removeprefix("bpe:")))
-    elif args.tokenizer:
+        return build_bpe_tokenizer(train_texts, int(args.tokenizer.removeprefix("bpe:")))
+    if args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         if None in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id):
             raise ValueError(f"tokenizer {args.tokenizer} needs pad, bos and eos tokens")
-    else:
-        tokenizer = build_tokenizer(train_texts)
-    config = BRoPEASRConfig.from_preset(
+        return tokenizer
+    return build_tokenizer(train_texts)
+
+
+def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
+    """The preset with the tokenizer's ids and the model flags applied (a flag left unset keeps the preset's value)."""
+    return BRoPEASRConfig.from_preset(
         args.preset,
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -1254,39 +1257,13 @@ def main(argv=None) -> dict:
         **({"absolute_encoder_positions": args.absolute_positions} if args.absolute_positions is not None else {}),
         **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
     )
-    skip_bad = args.on_bad_audio == "skip"
-    augmentations = parse_augmentations(args.augment)
-    varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
-    prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad, decode=key != "train")
-                for key, split in splits.items() if not isinstance(split, IterableDataset)}
-    stream_skipped = []
-    if args.streaming:
-        prepared["train"], stream_skipped = stream_split(train, tokenizer, config, skip_bad, args.seed, args.shuffle_buffer)
-    max_label = max(len(labels) for key, split in prepared.items() if key != "train" or not args.streaming for labels in split["labels"])
-    # The fastest speech in training (a stream: in validation), with a 1.5x margin for faster speakers,
-    # bounds every transcript's length by its clip's duration in generate: non-speech or a confused
-    # decode cannot run away.
-    timed = prepared["validation" if args.streaming else "train"]
-    rates = [(len(labels) - 1) / seconds for labels, seconds in zip(timed["labels"], timed["seconds"])]
-    config.max_tokens_per_second = float(math.ceil(1.5 * max(rates)))
-    for key, split in prepared.items():
-        if key == "train" and args.streaming:
-            prepared[key] = split.map(lambda row: {"augment": varied})
-        else:
-            prepared[key] = split.add_column("augment", [varied and key == "train"] * len(split))
-    pools = word_pools(prepared["train"]) if args.join_probability > 0 and not args.streaming else {}
-    reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad)
-    collator = Collator(
-        config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability, reader=reader
-    )
-    planner = None  # a stream has no length to plan, and --group-by-length brings transformers' own sampler
-    if not args.streaming and not args.group_by_length:
-        rows = prepared["train"].select_columns(["source", "speaker", "text", "labels", "seconds"]).to_list()
-        planner = PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
-                                 args.seed, DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats)
 
-    training_args = Seq2SeqTrainingArguments(
-        output_dir=str(output_dir),
+
+def training_arguments(args: argparse.Namespace, max_label: int) -> Seq2SeqTrainingArguments:
+    """The run's `Seq2SeqTrainingArguments`: cosine schedule, evaluation and checkpoints every --eval-steps,
+    the best validation WER kept, generation bounded by the longest transcript (`max_label` tokens)."""
+    return Seq2SeqTrainingArguments(
+        output_dir=args.output_dir,
         max_steps=args.max_steps,
         accelerator_config={"dispatch_batches": False},  # a stream's shards are split among processes, each reads its own
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
@@ -1317,16 +1294,92 @@ def main(argv=None) -> dict:
         data_seed=args.seed,
         bf16=args.bf16,
         ddp_find_unused_parameters=False,  # every built parameter is used (unused branches are not built)
-        dataloader_num_workers=0,
+        dataloader_num_workers=0,  # measured: a worker process beside 2 compute threads made steps no faster
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU run DDP (gloo) rather than N copies
     )
+
+
+def print_setup(model, config: BRoPEASRConfig, tokenizer, prepared: dict, args: argparse.Namespace, augmentations: tuple[str, ...],
+                pools: dict, planner: "PlannedBatches | None"):
+    """What the run trains: the initialization report, clip counts, the switches and the data recipe."""
+    model.initialization_report()
+    counts = ", ".join(f"{key} {'streamed' if isinstance(split, IterableDataset) else len(split)}" for key, split in prepared.items())
+    print(f"clips: {counts}; vocabulary {len(tokenizer)}; input_mode {config.input_mode}, "
+          f"betweenness {config.use_betweenness}, blend_attention {config.blend_attention}, ctc_weight {config.ctc_weight}")
+    if args.streaming and args.join_probability > 0:
+        print("--streaming: words are not joined (the speakers' word pools need the whole training split)")
+    print(f"augmentations: {', '.join(augmentations) or 'none'}; words joined from {len(pools)} speakers "
+          f"(probability {args.join_probability}); non-speech share {args.non_speech}; "
+          f"at most {config.max_tokens_per_second} tokens per second of audio"
+          + (f"; repeated each epoch: {', '.join(f'{k} x{v}' for k, v in planner.repeats.items())}" if planner and planner.repeats else ""))
+
+
+def print_results(results: dict, model, trainer: "ASRTrainer", collator: Collator, reader: ClipReader, stream_skipped: list[str],
+                  args: argparse.Namespace, planner: "PlannedBatches | None", test_sources: list[str]):
+    """The end of a run: learned mixes, training time, best step, non-speech, padding, skipped rows, test WER per source."""
+    print(f"learned mixes: {model.learned_mixes()}; training time {results['train_seconds']:.0f} s; "
+          f"best validation WER at step {results['best_step']} (the model saved and tested)")
+    print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
+    batched = collator.frames["padded"] / max(1, collator.frames.total())
+    batching = "grouped by length" if args.group_by_length else f"{args.sorted_batches} sorted together" if planner else "streamed"
+    print(f"padding: {100 * results['padding_fraction']:.1f}% of the mel frames the model processed in training "
+          f"({100 * batched:.1f}% of the collated batches, {batching}; {trainer.micro_batches if trainer.splits_batches() else 1} micro-batches each)")
+    if reader.skipped or stream_skipped:
+        bad = [*stream_skipped, *reader.skipped.values()]
+        print(f"{len(bad)} training rows were bad when their batch was built and were skipped:\n" + "\n".join(bad))
+    if "test_wer" in results:
+        for source, count in sorted(Counter(s for s in test_sources if s).items()):
+            print(f"test {source}: WER {100 * results[f'test_wer_{source}']:.2f}% "
+                  f"(CER {100 * results[f'test_cer_{source}']:.2f}%) on {count} clips")
+        print(f"test WER {100 * results['test_wer']:.2f}% (CER {100 * results['test_cer']:.2f}%) on {len(test_sources)} clips")
+
+
+def main(argv=None) -> dict:
+    """Train, save, and test; returns the test metrics (none without a test split) and "train_seconds"."""
+    args = parse_args(argv)
+    check_args(args)
+    args.max_steps = args.max_steps or DEFAULT_MAX_STEPS
+    splits = load_splits(args)
+    tokenizer = make_tokenizer(args, splits["train"])
+    config = make_config(args, tokenizer)
+    skip_bad = args.on_bad_audio == "skip"
+    augmentations = parse_augmentations(args.augment)
+    varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
+    prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad, decode=key != "train")
+                for key, split in splits.items() if not isinstance(split, IterableDataset)}
+    stream_skipped = []
+    if args.streaming:
+        prepared["train"], stream_skipped = stream_split(splits["train"], tokenizer, config, skip_bad, args.seed, args.shuffle_buffer)
+    max_label = max(len(labels) for key, split in prepared.items() if key != "train" or not args.streaming for labels in split["labels"])
+    # The fastest speech in training (a stream: in validation), with a 1.5x margin for faster speakers,
+    # bounds every transcript's length by its clip's duration in generate: non-speech or a confused
+    # decode cannot run away.
+    timed = prepared["validation" if args.streaming else "train"]
+    rates = [(len(labels) - 1) / seconds for labels, seconds in zip(timed["labels"], timed["seconds"])]
+    config.max_tokens_per_second = float(math.ceil(1.5 * max(rates)))
+    for key, split in prepared.items():
+        if key == "train" and args.streaming:
+            prepared[key] = split.map(lambda row: {"augment": varied})
+        else:
+            prepared[key] = split.add_column("augment", [varied and key == "train"] * len(split))
+    pools = word_pools(prepared["train"]) if args.join_probability > 0 and not args.streaming else {}
+    reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad)
+    collator = Collator(
+        config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability, reader=reader
+    )
+    planner = None  # a stream has no length to plan, and --group-by-length brings transformers' own sampler
+    if not args.streaming and not args.group_by_length:
+        rows = prepared["train"].select_columns(["source", "speaker", "text", "labels", "seconds"]).to_list()
+        planner = PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
+                                 args.seed, DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats)
+
     torch.manual_seed(args.seed)  # the model is built before Trainer seeds
     model = BRoPEASRForConditionalGeneration(config)
     table, tracker = MetricsTable(), MixTracker(every=min(50, args.eval_steps))
     trainer = ASRTrainer(
         model=model,
-        args=training_args,
+        args=training_arguments(args, max_label),
         train_dataset=PlannedSplit(prepared["train"]) if planner else prepared["train"],
         eval_dataset=prepared["validation"],
         data_collator=collator,
@@ -1338,49 +1391,26 @@ def main(argv=None) -> dict:
         micro_batches=args.micro_batches,
     )
     if trainer.is_world_process_zero():
-        model.initialization_report()
-        counts = ", ".join(f"{key} {'streamed' if isinstance(split, IterableDataset) else len(split)}" for key, split in prepared.items())
-        print(f"clips: {counts}; vocabulary {len(tokenizer)}; input_mode {config.input_mode}, "
-              f"betweenness {config.use_betweenness}, blend_attention {config.blend_attention}, ctc_weight {config.ctc_weight}")
-        if args.streaming and args.join_probability > 0:
-            print("--streaming: words are not joined (the speakers' word pools need the whole training split)")
-        print(f"augmentations: {', '.join(augmentations) or 'none'}; words joined from {len(pools)} speakers "
-              f"(probability {args.join_probability}); non-speech share {args.non_speech}; "
-              f"at most {config.max_tokens_per_second} tokens per second of audio"
-              + (f"; repeated each epoch: {', '.join(f'{k} x{v}' for k, v in planner.repeats.items())}" if planner and planner.repeats else ""))
+        print_setup(model, config, tokenizer, prepared, args, augmentations, pools, planner)
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started
-    trainer.save_model(str(output_dir))  # model (safetensors), processor (feature extractor and tokenizer), brope_asr.py
+    trainer.save_model(args.output_dir)  # model (safetensors), processor (feature extractor and tokenizer), brope_asr.py
     results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step, "skipped_at_batch_time": len(reader.skipped) + len(stream_skipped),
                "padding_fraction": trainer.frames["padded"] / max(1, trainer.frames.total())}
+    test_sources = []
     if "test" in prepared:
         prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
         results.update(prediction.metrics)
         hypotheses, references, _, _ = decode_prediction(prediction, tokenizer)
         test_sources = prepared["test"]["source"]
-        by_source = error_rates_by_source(hypotheses, references, test_sources)
-        results.update({f"test_{name}": value for name, value in by_source.items()})
+        results.update({f"test_{name}": value for name, value in error_rates_by_source(hypotheses, references, test_sources).items()})
     if trainer.is_world_process_zero():
         model.eval()
         results.update({f"false_words_per_minute_{kind}": rate for kind, rate in false_words_per_minute(model, tokenizer).items()})
-        table.save(output_dir)
-        tracker.save(output_dir)
-        print(f"learned mixes: {model.learned_mixes()}; training time {elapsed:.0f} s; "
-              f"best validation WER at step {results['best_step']} (the model saved and tested)")
-        print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
-        batched = collator.frames["padded"] / max(1, collator.frames.total())
-        batching = "grouped by length" if args.group_by_length else f"{args.sorted_batches} sorted together" if planner else "streamed"
-        print(f"padding: {100 * results['padding_fraction']:.1f}% of the mel frames the model processed in training "
-              f"({100 * batched:.1f}% of the collated batches, {batching}; {trainer.micro_batches if trainer.splits_batches() else 1} micro-batches each)")
-        if reader.skipped or stream_skipped:
-            bad = [*stream_skipped, *reader.skipped.values()]
-            print(f"{len(bad)} training rows were bad when their batch was built and were skipped:\n" + "\n".join(bad))
-        if "test_wer" in results:
-            for source, count in sorted(Counter(s for s in test_sources if s).items()):
-                print(f"test {source}: WER {100 * results[f'test_wer_{source}']:.2f}% "
-                      f"(CER {100 * results[f'test_cer_{source}']:.2f}%) on {count} clips")
-            print(f"test WER {100 * results['test_wer']:.2f}% (CER {100 * results['test_cer']:.2f}%) on {len(prepared['test'])} clips")
+        table.save(Path(args.output_dir))
+        tracker.save(Path(args.output_dir))
+        print_results(results, model, trainer, collator, reader, stream_skipped, args, planner, test_sources)
     return results
 
 

@@ -41,15 +41,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 import train_hf
-from brope_asr import BRoPEASRForConditionalGeneration
+from brope_asr import SAMPLE_RATE, BRoPEASRFeatureExtractor, BRoPEASRForConditionalGeneration, load_audio, word_error_rate
 
 MODES = ("spectrogram", "waveform", "both")
 SWITCHES = {"off": False, "on": True}
 DEFAULT_STEPS = 300  # 12 cells x 3 seeds in 50.5 min on 2 CPU cores (measurement in the module docstring)
 QUICK_STEPS = 30  # exercises every cell and fills the table; WER is still above 100% this early
 BLENDS = ("input_blend", "attention_blend", "betweenness_gate")  # keys of model.learned_mixes()
+LONG_BUCKETS = ((8, 10), (11, 14), (15, 20))  # digits per string of the --long set, reported apart
 # train_hf options that define a cell and its budget: set by this script, never passed through after --
 MANAGED = ("--output-dir", "--input-mode", "--betweenness", "--no-betweenness", "--blend-attention",
            "--no-blend-attention", "--seed", "--max-steps", "--eval-steps", "--resume")
@@ -98,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="input modes to train")
     parser.add_argument("--betweenness", nargs="+", choices=SWITCHES, default=list(SWITCHES), help="bRoPE settings to train")
     parser.add_argument("--blend", nargs="+", choices=SWITCHES, default=list(SWITCHES), help="blended attention settings to train")
+    parser.add_argument("--long", type=Path, metavar="DIR",
+                        help="also score every run on this length-generalization set (python -m tools.make_corpus --long N --out DIR)")
+    parser.add_argument("--score-long", type=Path, nargs="+", metavar="RUN_DIR",
+                        help="train nothing: print the --long set's WER by length of these saved runs")
     args = parser.parse_args(own)
     args.seeds = args.seeds if args.seeds is not None else 1 if args.quick else 3
     args.max_steps = args.max_steps if args.max_steps is not None else QUICK_STEPS if args.quick else DEFAULT_STEPS
@@ -141,12 +147,43 @@ def run_arguments(cell: Cell, seed: int, max_steps: int, extra: list[str]) -> li
     ] + extra
 
 
-def train(run_dir: Path, arguments: list[str]) -> dict:
+def long_string_wers(run_dir: Path, long_dir: Path, batch_size: int = 16) -> dict[str, float]:
+    """WER of a saved run on strings longer than any in training, each string decoded whole (one window).
+
+    `long_dir` is made by `python -m tools.make_corpus --long N --out DIR` (test-split voices, 8-20
+    digits; training strings have 1-7). Decoding is `generate` on the whole clip, not `transcribe`,
+    which would cut a clip longer than its window at pauses and so hide what positions do at length.
+
+    Returns:
+        {"long_wer": over every string, "long_wer_8_10": over the strings of 8-10 digits, ...} (LONG_BUCKETS).
+    """
+    model = BRoPEASRForConditionalGeneration.from_pretrained(str(run_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+    features = BRoPEASRFeatureExtractor.from_model_config(model.config)
+    with open(long_dir / "metadata.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    hypotheses = []
+    with torch.no_grad():
+        for first in range(0, len(rows), batch_size):
+            clips = [load_audio(long_dir / row["file_name"]) for row in rows[first : first + batch_size]]
+            ids = model.generate(**features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt"))
+            hypotheses += tokenizer.batch_decode(ids, skip_special_tokens=True)
+    references = [row["transcription"] for row in rows]
+    result = {"long_wer": word_error_rate(hypotheses, references)}
+    for low, high in LONG_BUCKETS:
+        chosen = [i for i, reference in enumerate(references) if low <= len(reference.split()) <= high]
+        if chosen:
+            result[f"long_wer_{low}_{high}"] = word_error_rate([hypotheses[i] for i in chosen], [references[i] for i in chosen])
+    return result
+
+
+def train(run_dir: Path, arguments: list[str], long_dir: Path | None = None) -> dict:
     """Train and test one run with train_hf.main and write its result.json.
 
     Returns: {"test_wer", "test_cer", "val_loss", "parameters", "train_seconds", "seconds", BLENDS
-    that are enabled..., "arguments"}; train_seconds is trainer.train alone (the steps and the final
-    validation), seconds the wall time of the whole train_hf run (data, model, training, test, saving).
+    that are enabled..., "arguments"}, plus `long_string_wers` with `long_dir`; train_seconds is
+    trainer.train alone (the steps and the final validation), seconds the wall time of the whole
+    train_hf run (data, model, training, test, saving).
     """
     started = time.time()
     metrics = train_hf.main(arguments + ["--output-dir", str(run_dir)])
@@ -162,6 +199,7 @@ def train(run_dir: Path, arguments: list[str]) -> dict:
         "train_seconds": metrics["train_seconds"],
         "seconds": seconds,
         **model.learned_mixes(),
+        **(long_string_wers(run_dir, long_dir) if long_dir else {}),
         "arguments": arguments,
     }
     for checkpoint in run_dir.glob("checkpoint-*"):  # a finished run is never resumed: keep only the final model
@@ -191,13 +229,13 @@ def load_finished(runs: list[tuple[Path, list[str]]]) -> dict[Path, dict]:
     return finished
 
 
-def train_or_record(run_dir: Path, arguments: list[str]) -> dict | None:
+def train_or_record(run_dir: Path, arguments: list[str], long_dir: Path | None = None) -> dict | None:
     """`train`, except that a crash is written to run_dir/error.txt and returns None, so the grid goes on."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.txt").unlink(missing_ok=True)
     print(f"ablate: training {run_dir}", flush=True)
     try:
-        return train(run_dir, arguments)
+        return train(run_dir, arguments, long_dir)
     except Exception:  # any crash of one run is recorded; the other runs still train
         (run_dir / "error.txt").write_text(traceback.format_exc())
         print(f"ablate: {run_dir} failed, see {run_dir / 'error.txt'}", flush=True)
@@ -222,7 +260,8 @@ def summarize(cell: Cell, results: list[dict | None]) -> dict:
         "failed": len(results) - len(done),
         "parameters": done[0]["parameters"] if done else None,
     }
-    for key in ("test_wer", "test_cer", "val_loss", "train_seconds", "seconds") + BLENDS:
+    long_keys = ("long_wer",) + tuple(f"long_wer_{low}_{high}" for low, high in LONG_BUCKETS)
+    for key in ("test_wer", "test_cer", "val_loss", "train_seconds", "seconds") + BLENDS + long_keys:
         row[f"{key}_mean"], row[f"{key}_std"] = spread([result[key] for result in done if key in result])
     return row
 
@@ -238,8 +277,10 @@ def plus_minus(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> 
 
 def markdown_table(rows: list[dict], seeds: int) -> str:
     """The grid as a markdown table, WER and CER in percent."""
+    long = any(not math.isnan(row["long_wer_mean"]) for row in rows)
     header = ("config", "runs", "test WER (%)", "test CER (%)", "val loss", "params", "train (s)", "run (s)",
-              "input blend", "attention blend", "betweenness gate")
+              "input blend", "attention blend", "betweenness gate") + (("8-20 digits WER (%)",) + tuple(
+              f"{low}-{high} digits (%)" for low, high in LONG_BUCKETS) if long else ())
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for row in rows:
         cells = (
@@ -252,6 +293,9 @@ def markdown_table(rows: list[dict], seeds: int) -> str:
             plus_minus(row["train_seconds_mean"], row["train_seconds_std"], digits=0),
             plus_minus(row["seconds_mean"], row["seconds_std"], digits=0),
             *(plus_minus(row[f"{key}_mean"], row[f"{key}_std"], digits=3) for key in BLENDS),
+            *((plus_minus(row["long_wer_mean"], row["long_wer_std"], 100),
+               *(plus_minus(row[f"long_wer_{low}_{high}_mean"], row[f"long_wer_{low}_{high}_std"], 100) for low, high in LONG_BUCKETS))
+              if long else ()),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -285,6 +329,22 @@ def comparison(rows: list[dict]) -> list[str]:
 T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
                  2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
                  2.052, 2.048, 2.045, 2.042)
+def t_critical(degrees: int) -> float:
+    """Two-sided 95% critical value of Student's t (the value at 30 degrees beyond 30: conservative)."""
+    return T_CRITICAL_95[min(degrees, len(T_CRITICAL_95)) - 1]
+
+
+def pairs_needed(std: float, difference: float, power_z: float = 0.8416) -> int:
+    """Pairs a paired t-test needs to find a true `difference` at 95% confidence with 80% power,
+    given the paired differences' standard deviation `std`: the least n with
+    (t(0.975, n - 1) + z(power)) std / sqrt(n) <= difference (z(0.8) = 0.8416, the normal
+    approximation for the power term)."""
+    n = 2
+    while (t_critical(n - 1) + power_z) * std / math.sqrt(n) > difference:
+        n += 1
+    return n
+
+
 CONTRASTS = (  # (label, the field of Cell that changes, its value in the second run, in the first)
     ("betweenness on - off", "betweenness", True, False),
     ("blended attention on - off", "blend_attention", True, False),
@@ -293,8 +353,8 @@ CONTRASTS = (  # (label, the field of Cell that changes, its value in the second
 )
 
 
-def effects(results: dict[Cell, list[dict | None]]) -> list[str]:
-    """Each switch's effect on test WER over the whole grid, from runs paired on everything else.
+def effects(results: dict[Cell, list[dict | None]], key: str = "test_wer") -> list[str]:
+    """Each switch's effect on test WER (or another rate, `key`) over the whole grid, from runs paired on everything else.
 
     A run with the switch changed is paired with the finished run of the same seed whose cell differs
     only in that switch; the effect is the mean of the pairs' WER differences, and its standard error
@@ -318,8 +378,8 @@ def effects(results: dict[Cell, list[dict | None]]) -> list[str]:
                 continue
             base = replace(cell, **{field: reference})
             for run, base_run in zip(runs, results.get(base, [])):
-                if run is not None and base_run is not None:
-                    differences.append(100 * (run["test_wer"] - base_run["test_wer"]))
+                if run is not None and base_run is not None and key in run and key in base_run:
+                    differences.append(100 * (run[key] - base_run[key]))
         if not differences:
             continue
         mean, std = spread(differences)
@@ -327,10 +387,11 @@ def effects(results: dict[Cell, list[dict | None]]) -> list[str]:
             lines.append(f"- {label}: WER {mean:+.2f} points from one pair: no spread to compare with")
             continue
         error = std / math.sqrt(len(differences))
-        bound = T_CRITICAL_95[min(len(differences) - 1, len(T_CRITICAL_95)) - 1] * error
+        bound = t_critical(len(differences) - 1) * error
         verdict = "larger than the seed-to-seed spread" if abs(mean) > bound else "within the seed-to-seed spread"
         lines.append(f"- {label}: WER {mean:+.2f} points over {len(differences)} paired runs "
-                     f"(standard error {error:.2f}, 95% bound ±{bound:.2f}): {verdict}")
+                     f"(standard error {error:.2f}, 95% bound ±{bound:.2f}): {verdict}; "
+                     f"a 2-point effect needs {pairs_needed(std, 2.0)} pairs to be told from noise at 95% with 80% power")
     return lines
 
 
@@ -369,6 +430,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     Returns: the summary rows (one dict per cell, as in ablation.csv).
     """
     args, extra = parse_args(argv)
+    if args.score_long:
+        if not args.long:
+            raise ValueError("--score-long needs --long DIR, the set to score")
+        rows = []
+        for run_dir in args.score_long:
+            scores = long_string_wers(run_dir, args.long)
+            rows.append({"run": str(run_dir), **scores})
+            print(f"{run_dir}: " + ", ".join(f"{key} {100 * value:.2f}%" for key, value in scores.items()), flush=True)
+        return rows
     plan = {
         cell: [
             (args.output_dir / cell.name / f"seed{seed}", run_arguments(cell, seed, args.max_steps, extra))
@@ -387,7 +457,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for cell, runs in plan.items():
         results[cell] = []
         for run_dir, arguments in runs:
-            results[cell].append(finished[run_dir] if run_dir in finished else train_or_record(run_dir, arguments))
+            results[cell].append(finished[run_dir] if run_dir in finished else train_or_record(run_dir, arguments, args.long))
             if results[cell][-1] is None:
                 failures.append(run_dir)
     rows = [summarize(cell, cell_results) for cell, cell_results in results.items()]
@@ -404,6 +474,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     paired = effects(results)
     if paired:
         lines += ["", "Each switch over the grid, runs paired on seed and the other switches:", *paired]
+    paired_long = effects(results, "long_wer")
+    if paired_long:
+        lines += ["", "The same on the 8-20-digit strings (--long):", *paired_long]
     report = "\n".join(lines) + "\n"
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "ablation.md").write_text(report)
@@ -421,4 +494,4 @@ if __name__ == "__main__":
         rows = main()
     except ValueError as error:
         sys.exit(f"error: {error}")
-    sys.exit(1 if any(row["failed"] for row in rows) else 0)
+    sys.exit(1 if any(row.get("failed") for row in rows) else 0)

@@ -79,11 +79,11 @@ from brope_asr import (
 
 SEED = 0
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second, ours and Whisper's
-CLIP_SECONDS = 3  # the issue's short utterance: 300 mel frames, 150 encoder positions after stride 2
+CLIP_SECONDS = 3  # a short utterance: 300 mel frames, 150 encoder positions after stride 2
 WHISPER_SECONDS = 30  # Whisper's encoder takes exactly 30-s windows: 3000 frames, 1500 positions [2]
 LABEL_TOKENS = 20  # transcript length of a training example, eos included
 ALL_OPTIONS = dict(use_betweenness=True, blend_attention=True, input_mode="both")
-ROPE_HEADS, ROPE_HEAD_DIM = 4, 128  # the issue's (B=1, H=4, S, Dh=128) queries and keys for row 4
+ROPE_HEADS, ROPE_HEAD_DIM = 4, 128  # (B=1, H=4, S, Dh=128) queries and keys for the bRoPE-vs-RoPE row
 MIN_SAMPLE_S = 0.05  # faster calls repeat inside one timed sample, as timeit does, so timer resolution is moot
 SAMPLES_BUDGET_S = 40.0  # a slow call (a 30-s Whisper step) gets fewer samples: as many as fit in this, >= 1
 BASELINE_MAX_SECONDS = 30.0  # the straightforward bRoPE is skipped where one forward + backward would take longer
@@ -148,7 +148,7 @@ class Runner:
         return "cuda, bf16 autocast" if self.device.type == "cuda" else "cpu, float32"
 
     def autocast(self) -> torch.autocast:
-        """bf16 autocast on CUDA (the issue's GPU setting); disabled on CPU, which stays float32."""
+        """bf16 autocast on CUDA (the usual GPU setting); disabled on CPU, which stays float32."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def sync(self):
@@ -244,7 +244,7 @@ def bytes_text(nbytes: float) -> str:
 
 @dataclass(frozen=True)
 class Sizes:
-    """What one run measures at: the issue's sizes, or tiny ones for --quick."""
+    """What one run measures at: the README table's sizes, or tiny ones for --quick."""
 
     presets: dict[str, dict]  # label -> `BRoPEASRConfig.from_preset` arguments, for row 1
     large: str  # the label rows 2 and 5 use
@@ -757,7 +757,7 @@ def cpu_model() -> str:
 
 
 def measure_all(runner: Runner, sizes: Sizes) -> list[Row]:
-    """Every row on one device, in the issue's order."""
+    """Every row on one device, in the README table's order."""
     rows = training_rows(runner, sizes) + generate_rows(runner, sizes) + log_mel_rows(runner, sizes)
     rows += rope_rows(runner, sizes)
     return sorted(rows, key=lambda row: row.section)

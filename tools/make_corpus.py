@@ -93,6 +93,8 @@ WORD_GAP = (0, 12)
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # Utterance length in digits, uniform over this inclusive range.
 NUM_DIGITS = (1, 7)
+LONG_DIGITS = (8, 20)  # --long: strings longer than any in training, to measure length generalization
+LONG_STREAM = 3  # the --long set's random stream (the splits use 0, 1, 2)
 
 # --- Real speech: the Free Spoken Digit Dataset --------------------------------------------------
 # Isolated digits by four real people (../shared/fsdd, CC BY-SA 4.0; see data/README.md). One
@@ -234,17 +236,18 @@ def quantize(audio, bits, rng):
     return quantized.astype(np.int16)
 
 
-def draw_utterances(rng, count, variants):
+def draw_utterances(rng, count, variants, num_digits=NUM_DIGITS):
     """Draw `count` random (transcription, voice, speed, pitch, word gap) tuples.
 
     The voice is an espeak-ng "<language>+<variant>" name with the accent from
-    LANGUAGES and the variant from `variants`; speed is log-uniform (equal
-    shares of slow and fast speech), pitch and word gap uniform.
+    LANGUAGES and the variant from `variants`; the digit count is uniform over
+    `num_digits` (inclusive), speed log-uniform (equal shares of slow and fast
+    speech), pitch and word gap uniform.
     """
     utterances = []
     for _ in range(count):
-        num_digits = rng.integers(NUM_DIGITS[0], NUM_DIGITS[1] + 1)
-        words = [DIGIT_WORDS[d] for d in rng.integers(0, len(DIGIT_WORDS), size=num_digits)]
+        num_digits_drawn = rng.integers(num_digits[0], num_digits[1] + 1)
+        words = [DIGIT_WORDS[d] for d in rng.integers(0, len(DIGIT_WORDS), size=num_digits_drawn)]
         voice = f"{rng.choice(LANGUAGES)}+{rng.choice(variants)}"
         speed = int(round(np.exp(rng.uniform(np.log(SPEED_WPM[0]), np.log(SPEED_WPM[1])))))
         pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
@@ -279,6 +282,38 @@ def copy_fsdd(fsdd_dir, out):
     return rows
 
 
+def write_clip(path, audio, fmt, bits=BITS, dither_rng=None):
+    """Write one 16 kHz clip: MP3 (training), or FLAC quantized to `bits` with TPDF dither from `dither_rng`."""
+    if fmt == "mp3":
+        sf.write(path, audio, SAMPLE_RATE, format="MP3", subtype="MPEG_LAYER_III", compression_level=MP3_COMPRESSION)
+    else:
+        sf.write(path, quantize(audio, bits, dither_rng), SAMPLE_RATE, subtype="PCM_16", format="FLAC", compression_level=1.0)
+
+
+def write_long(out, count, seed, bits):
+    """The length-generalization set: `count` strings of LONG_DIGITS digits in the test split's voices, as FLAC.
+
+    Made the way the test split is (same variants, accents, speed, pitch and gap ranges, trimming and
+    12-bit FLAC), from a random stream of its own, so the corpus's splits are untouched.
+    """
+    rng = np.random.default_rng([seed, LONG_STREAM])
+    utterances = draw_utterances(rng, count, TEST_VARIANTS, LONG_DIGITS)
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    rows = []
+    for index, (text, voice, speed, pitch, word_gap) in enumerate(utterances):
+        audio = trim_silence(synthesize(text, voice, speed, pitch, word_gap))
+        file_name = f"{index:06d}.flac"
+        dither_rng = np.random.default_rng(np.random.SeedSequence([seed, LONG_STREAM], spawn_key=(index,)))
+        write_clip(os.path.join(out, file_name), audio, "flac", bits, dither_rng)
+        rows.append((file_name, text, "test", "espeak-ng", voice))
+    with open(os.path.join(out, "metadata.csv"), "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("file_name", "transcription", "split", "source", "speaker"))
+        writer.writerows(rows)
+    print(f"wrote {len(rows)} strings of {LONG_DIGITS[0]}-{LONG_DIGITS[1]} digits to {out}/")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data", help="output folder (default: data)")
@@ -290,9 +325,17 @@ def main():
     for split, count in SPLIT_COUNTS.items():
         parser.add_argument(f"--{split}", type=int, default=count,
                             help=f"number of espeak-ng {split} clips (default: {count})")
+    parser.add_argument("--long", type=int, default=0, metavar="N",
+                        help="instead of the corpus, write N test-voice strings of "
+                             f"{LONG_DIGITS[0]}-{LONG_DIGITS[1]} digits to OUT/ (FLAC, with its own metadata.csv, split test): "
+                             "the length-generalization set, longer than any training string")
     args = parser.parse_args()
 
     check_tools()
+    if args.long:
+        check_voices()
+        write_long(args.out, args.long, args.seed, args.bits)
+        return
     if not os.path.isfile(os.path.join(args.fsdd, "metadata.csv")):
         sys.exit(f"error: no FSDD metadata.csv in {args.fsdd}; pass --fsdd")
     check_voices()
@@ -307,17 +350,10 @@ def main():
         for index, (text, voice, speed, pitch, word_gap) in enumerate(utterances):
             audio = trim_silence(synthesize(text, voice, speed, pitch, word_gap))
             file_name = f"{split}/{index:06d}.{SPLIT_FORMATS[split]}"
-            if SPLIT_FORMATS[split] == "mp3":
-                sf.write(os.path.join(args.out, file_name), audio, SAMPLE_RATE,
-                         format="MP3", subtype="MPEG_LAYER_III", compression_level=MP3_COMPRESSION)
-            else:
-                # Each clip's dither has its own stream (a spawned child of the
-                # split's seed), so it does not depend on the split counts.
-                dither_rng = np.random.default_rng(
-                    np.random.SeedSequence([args.seed, split_index], spawn_key=(index,)))
-                audio = quantize(audio, args.bits, dither_rng)
-                sf.write(os.path.join(args.out, file_name), audio, SAMPLE_RATE,
-                         subtype="PCM_16", format="FLAC", compression_level=1.0)
+            # Each clip's dither has its own stream (a spawned child of the
+            # split's seed), so it does not depend on the split counts.
+            dither_rng = np.random.default_rng(np.random.SeedSequence([args.seed, split_index], spawn_key=(index,)))
+            write_clip(os.path.join(args.out, file_name), audio, SPLIT_FORMATS[split], args.bits, dither_rng)
             rows.append((file_name, text, split, "espeak-ng", voice))
         print(f"{split}: {len(utterances)} espeak-ng clips")
     fsdd_rows = copy_fsdd(args.fsdd, args.out)
