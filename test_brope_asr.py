@@ -552,6 +552,35 @@ def test_load_audio_errors_name_the_file(tmp_path, case):
     assert str(path) in str(error.value)
 
 
+def test_mel_bins_below_counts_the_filters_centred_below_the_cutoff():
+    centers = brope_asr.mel_centers(80)
+    assert bool((centers.diff() > 0).all())
+    kept = brope_asr.mel_bins_below(80, 4000.0)
+    assert centers[kept - 1] < 4000.0 <= centers[kept]
+    assert brope_asr.mel_bins_below(80, None) == 80 and brope_asr.mel_bins_below(80, 8000.0) == 80
+
+
+def test_spectrogram_front_end_ignores_every_bin_above_its_cutoff():
+    torch.manual_seed(0)
+    model = tiny_model(spectrogram_max_hz=4000.0, normalize_features=True).eval()
+    kept = brope_asr.mel_bins_below(model.config.num_mel_bins, 4000.0)
+    assert model.encoder.spectrogram.conv_in.in_channels == kept < model.config.num_mel_bins
+    inputs = audio_inputs(model.config, 4000, 3000)
+    changed = inputs["input_features"].clone()
+    changed[:, kept:] = 5 * torch.randn_like(changed[:, kept:])  # anything at all above the cutoff
+    with torch.no_grad():
+        reference = model.encoder(**inputs).last_hidden_state
+        assert_close(model.encoder(**{**inputs, "input_features": changed}).last_hidden_state, reference, atol=0.0)
+        changed[:, kept - 1] += 1.0  # the highest kept bin does count
+        assert not torch.allclose(model.encoder(**{**inputs, "input_features": changed}).last_hidden_state, reference)
+
+
+@pytest.mark.parametrize("max_hz", [0.0, -1.0, 8001.0])
+def test_config_refuses_a_spectrogram_cutoff_outside_the_band(max_hz):
+    with pytest.raises(ValueError, match="spectrogram_max_hz"):
+        BRoPEASRConfig(spectrogram_max_hz=max_hz)
+
+
 # ------------------------------------------------------------------------------------------------ shapes
 
 
@@ -2065,7 +2094,7 @@ def test_reverberation_lengthens_the_decay_of_a_click():
 def test_vocal_tract_warp_is_identity_at_one_and_moves_a_formant_by_alpha():
     features = brope_asr.log_mel_spectrogram(0.3 * sine(1500.0, SAMPLE_RATE, 8000).float())
     assert_close(train_hf.warp_frequencies(features, 1.0), features, atol=1e-6)
-    centers = train_hf.mel_centers(80)
+    centers = brope_asr.mel_centers(80)
     peak = lambda f: centers[int(f.mean(1).argmax())]  # noqa: E731
     for alpha in (0.9, 1.1):
         warped = train_hf.warp_frequencies(features, alpha)

@@ -23,7 +23,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, replace
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -49,7 +49,7 @@ from brope_asr import (
     audio_array,
     char_error_rate,
     load_audio,
-    mel_filterbank,
+    mel_centers,
     open_audio,
     resample,
     token_scores,
@@ -390,14 +390,6 @@ def choice(options: tuple, generator: torch.Generator | None = None):
 def change_speed(clip: torch.Tensor, factor: float) -> torch.Tensor:
     """(N,) -> (ceil(N / factor),): played `factor` times faster, so tempo, pitch and formants all scale."""
     return resample(clip, round(SAMPLE_RATE * factor), SAMPLE_RATE)
-
-
-@lru_cache(maxsize=4)
-def mel_centers(n_mels: int) -> torch.Tensor:
-    """(M,) float32 centre frequency in Hz of each mel filter (its centroid on the FFT grid)."""
-    filters = mel_filterbank(n_mels)  # (F, M)
-    frequencies = torch.linspace(0, SAMPLE_RATE / 2, filters.shape[0], dtype=filters.dtype)
-    return ((filters * frequencies[:, None]).sum(0) / filters.sum(0)).float()
 
 
 def warp_frequencies(features: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -1159,6 +1151,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, help="per-clip log-mel mean removal (default: the preset's)")
     model.add_argument("--absolute-positions", action=argparse.BooleanOptionalAction, default=None,
                        help="add sinusoidal absolute positions to the encoder states (default: the preset's)")
+    model.add_argument("--spectrogram-max-hz", type=float, metavar="HZ",
+                       help="the spectrogram front end reads the mel bins centred below HZ only; 0 for all (default: the preset's)")
     model.add_argument("--dropout", type=float, help="residual and embedding dropout (default: the preset's)")
     model.add_argument("--downsampling-factor", type=int, choices=(1, 2, 4, 8), help="mel frames per encoder frame (default: the preset's)")
     data = parser.add_argument_group("data")
@@ -1256,6 +1250,7 @@ def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
         **({"dropout": args.dropout} if args.dropout is not None else {}),
         **({"absolute_encoder_positions": args.absolute_positions} if args.absolute_positions is not None else {}),
         **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
+        **({"spectrogram_max_hz": args.spectrogram_max_hz or None} if args.spectrogram_max_hz is not None else {}),
     )
 
 
