@@ -713,10 +713,15 @@ def mel_filterbank(n_mels: int, sampling_rate: int = SAMPLE_RATE, n_fft: int = N
 
 @lru_cache(maxsize=4)
 def mel_centers(n_mels: int) -> torch.Tensor:
-    """(M,) float32 centre frequency in Hz of each mel filter (its centroid on the FFT grid), increasing."""
-    filters = mel_filterbank(n_mels)  # (F, M)
-    frequencies = torch.linspace(0, SAMPLE_RATE / 2, filters.shape[0], dtype=filters.dtype)
-    return ((filters * frequencies[:, None]).sum(0) / filters.sum(0)).float()
+    """(M,) float32 centre frequency in Hz of each mel filter (its centroid on the FFT grid), increasing.
+
+    Computed on the CPU whatever the default device: `from_pretrained` builds models on the meta
+    device, where the front end still needs real numbers to count its bins.
+    """
+    with torch.device("cpu"):
+        filters = mel_filterbank(n_mels)  # (F, M)
+        frequencies = torch.linspace(0, SAMPLE_RATE / 2, filters.shape[0], dtype=filters.dtype)
+        return ((filters * frequencies[:, None]).sum(0) / filters.sum(0)).float()
 
 
 def mel_bins_below(n_mels: int, max_hz: float | None) -> int:

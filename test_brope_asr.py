@@ -575,6 +575,18 @@ def test_spectrogram_front_end_ignores_every_bin_above_its_cutoff():
         assert not torch.allclose(model.encoder(**{**inputs, "input_features": changed}).last_hidden_state, reference)
 
 
+def test_a_band_limited_model_loads_with_from_pretrained_before_any_bin_count_is_cached(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model(spectrogram_max_hz=4000.0)
+    model.save_pretrained(tmp_path)
+    brope_asr.mel_centers.cache_clear()  # as in a fresh process: from_pretrained builds on the meta device
+    loaded = BRoPEASRForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.encoder.spectrogram.bins == model.encoder.spectrogram.bins == brope_asr.mel_bins_below(80, 4000.0)
+    inputs = audio_inputs(model.config, 4000)
+    with torch.no_grad():
+        assert torch.equal(loaded.encoder(**inputs).last_hidden_state, model.encoder(**inputs).last_hidden_state)
+
+
 @pytest.mark.parametrize("max_hz", [0.0, -1.0, 8001.0])
 def test_config_refuses_a_spectrogram_cutoff_outside_the_band(max_hz):
     with pytest.raises(ValueError, match="spectrogram_max_hz"):
