@@ -1876,6 +1876,38 @@ def test_ablation_effects_pair_runs_on_seed_and_the_other_switches():
     assert len(lines) == 2  # no cell with blended attention or "both" input: those contrasts have no pairs
 
 
+def test_long_string_scores_are_the_wer_of_whole_clip_decodes_overall_and_by_length(overfit_model, tmp_path, monkeypatch):
+    from tools import ablate
+
+    model, tokenizer, paths, texts, waveforms, _ = overfit_model
+    run = save_run(model, tokenizer, tmp_path / "run")
+    long_dir = tmp_path / "long"
+    long_dir.mkdir()
+    # References with words added to some, so the rates are not all 0 and the buckets differ.
+    references = [texts[0], texts[1] + " zero zero zero", texts[2], texts[3] + " one two three four"]
+    with open(long_dir / "metadata.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(("file_name", "transcription"))
+        for path, reference in zip(paths, references):
+            (long_dir / path.name).write_bytes(path.read_bytes())
+            writer.writerow((path.name, reference))
+    monkeypatch.setattr(ablate, "LONG_BUCKETS", ((1, 2), (3, 5), (6, 9)))
+    hypotheses = brope_asr.transcribe(model, tokenizer, waveforms)  # every clip is one window: a whole-clip decode
+    scores = ablate.long_string_wers(run, long_dir)
+    assert scores["long_wer"] == pytest.approx(brope_asr.word_error_rate(hypotheses, references)) and scores["long_wer"] > 0
+    for low, high in ablate.LONG_BUCKETS:
+        chosen = [i for i, reference in enumerate(references) if low <= len(reference.split()) <= high]
+        if chosen:
+            assert scores[f"long_wer_{low}_{high}"] == pytest.approx(
+                brope_asr.word_error_rate([hypotheses[i] for i in chosen], [references[i] for i in chosen]))
+        else:
+            assert f"long_wer_{low}_{high}" not in scores
+    (row,) = ablate.main(["--long", str(long_dir), "--score-long", str(run)])  # trains nothing
+    assert row == {"run": str(run), **scores}
+    with pytest.raises(ValueError, match="--long"):
+        ablate.main(["--score-long", str(run)])
+
+
 def test_pairs_needed_is_the_least_count_whose_paired_test_finds_the_difference():
     from tools import ablate
 

@@ -155,7 +155,8 @@ def long_string_wers(run_dir: Path, long_dir: Path, batch_size: int = 16) -> dic
     which would cut a clip longer than its window at pauses and so hide what positions do at length.
 
     Returns:
-        {"long_wer": over every string, "long_wer_8_10": over the strings of 8-10 digits, ...} (LONG_BUCKETS).
+        {"long_wer": over every string, "long_wer_8_10" / "long_cer_8_10": over the strings of 8-10 digits, ...}
+        (LONG_BUCKETS).
     """
     model = BRoPEASRForConditionalGeneration.from_pretrained(str(run_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
@@ -169,12 +170,9 @@ def long_string_wers(run_dir: Path, long_dir: Path, batch_size: int = 16) -> dic
             ids = model.generate(**features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt"))
             hypotheses += tokenizer.batch_decode(ids, skip_special_tokens=True)
     references = [row["transcription"] for row in rows]
-    result = {"long_wer": word_error_rate(hypotheses, references)}
-    for low, high in LONG_BUCKETS:
-        chosen = [i for i, reference in enumerate(references) if low <= len(reference.split()) <= high]
-        if chosen:
-            result[f"long_wer_{low}_{high}"] = word_error_rate([hypotheses[i] for i in chosen], [references[i] for i in chosen])
-    return result
+    buckets = [next((f"{low}_{high}" for low, high in LONG_BUCKETS if low <= len(text.split()) <= high), "") for text in references]
+    by_bucket = train_hf.error_rates_by_source(hypotheses, references, buckets)  # "" (outside every bucket) is left out
+    return {"long_wer": word_error_rate(hypotheses, references), **{f"long_{key}": value for key, value in by_bucket.items()}}
 
 
 def train(run_dir: Path, arguments: list[str], long_dir: Path | None = None) -> dict:
@@ -329,6 +327,8 @@ def comparison(rows: list[dict]) -> list[str]:
 T_CRITICAL_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
                  2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
                  2.052, 2.048, 2.045, 2.042)
+
+
 def t_critical(degrees: int) -> float:
     """Two-sided 95% critical value of Student's t (the value at 30 degrees beyond 30: conservative)."""
     return T_CRITICAL_95[min(degrees, len(T_CRITICAL_95)) - 1]

@@ -290,27 +290,41 @@ def write_clip(path, audio, fmt, bits=BITS, dither_rng=None):
         sf.write(path, quantize(audio, bits, dither_rng), SAMPLE_RATE, subtype="PCM_16", format="FLAC", compression_level=1.0)
 
 
+def write_utterances(out, folder, utterances, fmt, bits, seed, stream, split):
+    """Synthesize, trim and write `utterances` as `folder`/NNNNNN.`fmt` under `out`; return their metadata rows.
+
+    Each clip's dither has its own stream (a spawned child of the (seed, stream) sequence), so it
+    does not depend on how many clips are written.
+    """
+    rows = []
+    for index, (text, voice, speed, pitch, word_gap) in enumerate(utterances):
+        audio = trim_silence(synthesize(text, voice, speed, pitch, word_gap))
+        file_name = os.path.join(folder, f"{index:06d}.{fmt}")
+        dither_rng = np.random.default_rng(np.random.SeedSequence([seed, stream], spawn_key=(index,)))
+        write_clip(os.path.join(out, file_name), audio, fmt, bits, dither_rng)
+        rows.append((file_name, text, split, "espeak-ng", voice))
+    return rows
+
+
+def write_metadata(out, rows):
+    """`out`/metadata.csv: file_name,transcription,split,source,speaker, one line per clip."""
+    with open(os.path.join(out, "metadata.csv"), "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(("file_name", "transcription", "split", "source", "speaker"))
+        writer.writerows(rows)
+
+
 def write_long(out, count, seed, bits):
     """The length-generalization set: `count` strings of LONG_DIGITS digits in the test split's voices, as FLAC.
 
     Made the way the test split is (same variants, accents, speed, pitch and gap ranges, trimming and
     12-bit FLAC), from a random stream of its own, so the corpus's splits are untouched.
     """
-    rng = np.random.default_rng([seed, LONG_STREAM])
-    utterances = draw_utterances(rng, count, TEST_VARIANTS, LONG_DIGITS)
+    utterances = draw_utterances(np.random.default_rng([seed, LONG_STREAM]), count, TEST_VARIANTS, LONG_DIGITS)
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    rows = []
-    for index, (text, voice, speed, pitch, word_gap) in enumerate(utterances):
-        audio = trim_silence(synthesize(text, voice, speed, pitch, word_gap))
-        file_name = f"{index:06d}.flac"
-        dither_rng = np.random.default_rng(np.random.SeedSequence([seed, LONG_STREAM], spawn_key=(index,)))
-        write_clip(os.path.join(out, file_name), audio, "flac", bits, dither_rng)
-        rows.append((file_name, text, "test", "espeak-ng", voice))
-    with open(os.path.join(out, "metadata.csv"), "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("file_name", "transcription", "split", "source", "speaker"))
-        writer.writerows(rows)
+    rows = write_utterances(out, "", utterances, "flac", bits, seed, LONG_STREAM, "test")
+    write_metadata(out, rows)
     print(f"wrote {len(rows)} strings of {LONG_DIGITS[0]}-{LONG_DIGITS[1]} digits to {out}/")
 
 
@@ -347,23 +361,13 @@ def main():
         split_dir = os.path.join(args.out, split)
         shutil.rmtree(split_dir, ignore_errors=True)  # no stale clips from a bigger run
         os.makedirs(split_dir)
-        for index, (text, voice, speed, pitch, word_gap) in enumerate(utterances):
-            audio = trim_silence(synthesize(text, voice, speed, pitch, word_gap))
-            file_name = f"{split}/{index:06d}.{SPLIT_FORMATS[split]}"
-            # Each clip's dither has its own stream (a spawned child of the
-            # split's seed), so it does not depend on the split counts.
-            dither_rng = np.random.default_rng(np.random.SeedSequence([args.seed, split_index], spawn_key=(index,)))
-            write_clip(os.path.join(args.out, file_name), audio, SPLIT_FORMATS[split], args.bits, dither_rng)
-            rows.append((file_name, text, split, "espeak-ng", voice))
+        rows += write_utterances(args.out, split, utterances, SPLIT_FORMATS[split], args.bits, args.seed, split_index, split)
         print(f"{split}: {len(utterances)} espeak-ng clips")
     fsdd_rows = copy_fsdd(args.fsdd, args.out)
     print(f"fsdd: {len(fsdd_rows)} recordings")
     rows += fsdd_rows
 
-    with open(os.path.join(args.out, "metadata.csv"), "w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(("file_name", "transcription", "split", "source", "speaker"))
-        writer.writerows(rows)
+    write_metadata(args.out, rows)
 
     total = sum(os.path.getsize(os.path.join(args.out, name)) for name, *_ in rows)
     print(f"wrote {len(rows)} clips, {total / 1e6:.2f} MB of audio, to {args.out}/")
