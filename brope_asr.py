@@ -39,7 +39,7 @@ import sys
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import soundfile
@@ -1610,6 +1610,37 @@ def transcribe(
     return [join_windows(clip_texts) for clip_texts in per_clip]
 
 
+def file_windows(path, max_samples: int, block_seconds: float = 120.0) -> Iterator[torch.Tensor]:
+    """The windows of an audio file of any length, cut as `speech_windows` cuts, holding `block_seconds` at a time.
+
+    The file is read in blocks (`read_blocks`); whenever the unheard audio reaches `block_seconds`
+    it is cut into windows, and every window but the last is yielded; the last, which the block's
+    end may have cut, starts the next block. A file shorter than `block_seconds` yields exactly the
+    windows `speech_windows(load_audio(path), max_samples)` gives.
+
+    Args:
+        path: any file soundfile reads, any rate, mono or stereo.
+        max_samples: the longest window, in samples at 16 kHz.
+        block_seconds: audio held at once, at least twice the window.
+    Yields:
+        (N_w,) float32 windows in order, each at most `max_samples` long.
+    Raises:
+        ValueError naming the file: missing, not decodable, too short, or NaN/Inf samples.
+    """
+    if block_seconds * SAMPLE_RATE < 2 * max_samples:
+        raise ValueError(f"block_seconds={block_seconds} must be at least twice the {max_samples / SAMPLE_RATE:.1f}-s window")
+    pending, heard = torch.zeros(0), 0
+    for block in read_blocks(path, block_seconds / 4):
+        pending, heard = torch.cat([pending, block]), heard + len(block)
+        if len(pending) >= block_seconds * SAMPLE_RATE:
+            spans = speech_windows(pending, max_samples)
+            yield from (pending[start:end] for start, end in spans[:-1])
+            pending = pending[spans[-1][0] if spans else len(pending) :]
+    if heard < N_FFT:
+        raise ValueError(f"{path}: clip has {heard} samples, needs at least {N_FFT} (25 ms)")
+    yield from (pending[start:end] for start, end in speech_windows(pending, max_samples))
+
+
 def transcribe_file(
     model: BRoPEASRForConditionalGeneration,
     tokenizer,
@@ -1621,10 +1652,8 @@ def transcribe_file(
 ) -> str:
     """Transcribe an audio file of any length in memory bounded by `block_seconds`, not by the file.
 
-    The file is read in blocks (`read_blocks`); whenever the unheard audio reaches `block_seconds`
-    it is cut into windows as `transcribe` cuts a recording (`speech_windows`), and every window
-    but the last is decoded; the last, which the block's end may have cut, starts the next block.
-    A file shorter than `block_seconds` gives exactly `transcribe(model, tokenizer, [load_audio(path)])`.
+    The windows come from `file_windows` and are decoded `batch_size` at a time; a file shorter
+    than `block_seconds` gives exactly `transcribe(model, tokenizer, [load_audio(path)])`.
 
     Args:
         path: any file soundfile reads, any rate, mono or stereo.
@@ -1633,19 +1662,13 @@ def transcribe_file(
         ValueError naming the file: missing, not decodable, too short, or NaN/Inf samples.
     """
     seconds = window_seconds(model.config, max_window_seconds)
-    if block_seconds < 2 * seconds:
-        raise ValueError(f"block_seconds={block_seconds} must be at least twice the {seconds:.1f}-s window")
-    texts, pending, heard = [], torch.zeros(0), 0
-    for block in read_blocks(path, block_seconds / 4):
-        pending, heard = torch.cat([pending, block]), heard + len(block)
-        if len(pending) >= block_seconds * SAMPLE_RATE:
-            spans = speech_windows(pending, int(seconds * SAMPLE_RATE))
-            pieces = [pending[start:end] for start, end in spans[:-1]]
-            texts += transcribe(model, tokenizer, pieces, num_beams, seconds, batch_size)  # `batch_size` windows at a time
-            pending = pending[spans[-1][0] if spans else len(pending) :]
-    if heard < N_FFT:
-        raise ValueError(f"{path}: clip has {heard} samples, needs at least {N_FFT} (25 ms)")
-    texts += transcribe(model, tokenizer, [pending], num_beams, seconds, batch_size)
+    texts, batch = [], []
+    for window in file_windows(path, int(seconds * SAMPLE_RATE), block_seconds):
+        batch.append(window)
+        if len(batch) == batch_size:
+            texts += transcribe(model, tokenizer, batch, num_beams, seconds, batch_size)
+            batch = []
+    texts += transcribe(model, tokenizer, batch, num_beams, seconds, batch_size) if batch else []
     return join_windows(texts)
 
 
@@ -1786,9 +1809,16 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             return
         if stride_length_s is not None:
             raise ValueError("brope-asr cuts long audio at pauses, without overlap: stride_length_s does not apply")
-        if isinstance(inputs, str):
-            audio = load_audio(inputs)
-        elif isinstance(inputs, bytes):
+        window = int(window_seconds(self.model.config, chunk_length_s) * SAMPLE_RATE)
+        if isinstance(inputs, str):  # a file is read in blocks, so memory is bounded by the block, not the file
+            windows = file_windows(inputs, window)
+            current = next(windows, None)
+            while current is not None:
+                following = next(windows, None)
+                yield {"is_last": following is None, "samples": current[None], "num_samples": torch.tensor([len(current)])}
+                current = following
+            return
+        if isinstance(inputs, bytes):
             audio = load_audio(io.BytesIO(inputs), name="audio bytes")
         elif isinstance(inputs, dict):
             samples = inputs.get("raw", inputs.get("array"))
@@ -1797,7 +1827,7 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             audio = audio_array(samples, inputs["sampling_rate"], "audio")
         else:
             audio = _check_audio(mono(inputs), "audio")
-        windows = speech_windows(audio, int(window_seconds(self.model.config, chunk_length_s) * SAMPLE_RATE))
+        windows = speech_windows(audio, window)
         for i, (start, end) in enumerate(windows):
             # (1, n) samples and (1,) their count: the pipeline's batching pads the first and stacks the second
             yield {"is_last": i == len(windows) - 1, "samples": audio[None, start:end], "num_samples": torch.tensor([end - start])}

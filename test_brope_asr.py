@@ -8,6 +8,7 @@ subprocesses), bring the whole file to about five minutes."""
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
@@ -1261,7 +1262,7 @@ def test_a_minute_long_recording_is_transcribed_in_windows_as_its_clips_are(over
     assert asr(str(path), chunk_length_s=1.5, batch_size=8)["text"] == reference
 
 
-def test_a_file_is_transcribed_holding_a_block_at_a_time(overfit_model, tmp_path, monkeypatch):
+def test_a_file_is_transcribed_holding_a_block_at_a_time_by_transcribe_file_and_the_pipeline(overfit_model, tmp_path, monkeypatch):
     model, tokenizer, paths, texts, waveforms, _ = overfit_model
     recording, order = joined_recording(waveforms, 60, pause=0.6)
     path = tmp_path / "long.flac"
@@ -1275,6 +1276,11 @@ def test_a_file_is_transcribed_holding_a_block_at_a_time(overfit_model, tmp_path
     assert brope_asr.transcribe_file(model, tokenizer, paths[0]) == brope_asr.transcribe(model, tokenizer, [waveforms[0]])[0]
     with pytest.raises(ValueError, match="at least twice"):
         brope_asr.transcribe_file(model, tokenizer, path, max_window_seconds=1.5, block_seconds=2.0)
+    held.clear()  # the pipeline reads a file path through the same blocks
+    monkeypatch.setattr(brope_asr, "file_windows", functools.partial(brope_asr.file_windows, block_seconds=4.0))
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
+    assert asr(str(path), chunk_length_s=1.5, batch_size=4)["text"] == text
+    assert max(held) <= (4.0 + 1.0 + 1.5) * SAMPLE_RATE
 
 
 @pytest.mark.parametrize("rate, channels", [(16000, 1), (8000, 1), (44100, 2), (22050, 1)])
@@ -2230,3 +2236,16 @@ def test_collator_leaves_training_rows_clean_at_augment_probability_zero():
         torch.testing.assert_close(batch[name], expected[name], rtol=0, atol=0)
     varied = train_hf.Collator(config, augment_probability=1.0, generator=torch.Generator().manual_seed(0))(rows)
     assert not torch.equal(varied["input_features"][:, :, :10], expected["input_features"][:, :, :10])
+
+
+def test_collator_augments_only_the_rows_of_augment_sources():
+    config = tiny_config(input_mode="both")
+    clips = random_clips(4000, 2500)
+    rows = [{"audio": in_memory(clip), "labels": [5, 2], "augment": True, "source": source}
+            for clip, source in zip(clips, ("espeak-ng", "fsdd"))]
+    batch = train_hf.Collator(config, augmentations=("gain", "vtlp"), augment_sources=("fsdd",),
+                              generator=torch.Generator().manual_seed(0))(rows)
+    expected = brope_asr.batch_inputs(clips, config)
+    for name in ("input_features", "waveform"):
+        torch.testing.assert_close(batch[name][0], expected[name][0], rtol=0, atol=0)  # espeak-ng: clean
+        assert not torch.equal(batch[name][1], expected[name][1])  # fsdd: augmented

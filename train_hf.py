@@ -598,7 +598,8 @@ class Collator:
     alone), a string of 2-7 of its speaker's words from `word_pools` (`join_words`: real recordings
     here are isolated words, and every epoch hears new strings), or the row itself.
     Then, for each example with probability `augment_probability` (the rest stay clean, which
-    keeps learning fast in a short run), the waveform augmentations in `augmentations` (speed,
+    keeps learning fast in a short run) and, if `augment_sources` is given, only for rows of those
+    sources (e.g. the few real people, whose voices are what is scarce), the waveform augmentations in `augmentations` (speed,
     reverb, noise, telephone, gain) and, after the log-mel, vocal tract length perturbation and
     SpecAugment [9] masks.
     """
@@ -614,6 +615,7 @@ class Collator:
         augment_probability: float = 1.0,
         generator: torch.Generator | None = None,
         reader: "ClipReader | None" = None,
+        augment_sources: tuple[str, ...] = (),
     ):
         unknown = set(augmentations) - set(AUGMENTATIONS)
         if unknown:
@@ -623,7 +625,7 @@ class Collator:
         self.config, self.tokenizer, self.augmentations = config, tokenizer, frozenset(augmentations)
         self.word_pools = word_pools or {}
         self.join_probability, self.non_speech_probability = join_probability, non_speech_probability
-        self.augment_probability = augment_probability
+        self.augment_probability, self.augment_sources = augment_probability, frozenset(augment_sources)
         self.generator = generator
         self.reader = reader or ClipReader()
         self.frames = Counter()  # training batches' mel frames: "real" and "padded" (the padding fraction)
@@ -695,13 +697,15 @@ class Collator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         training = bool(rows[0].get("augment"))
         if training:
-            examples = [example for row in rows if (example := self.example(row)) is not None]
+            kept = [(example, row.get("source", "")) for row in rows if (example := self.example(row)) is not None]
         else:
-            examples = [(clip, row["labels"]) for row in rows if (clip := self.reader(row)) is not None]
-        if not examples:
+            kept = [((clip, row["labels"]), "") for row in rows if (clip := self.reader(row)) is not None]
+        if not kept:
             raise ValueError("every row of a batch was skipped: " + "; ".join(row.get("name", "?") for row in rows))
+        examples = [example for example, _ in kept]
         if training:
-            varied = [i for i in range(len(examples)) if uniform(0, 1, self.generator) < self.augment_probability]
+            varied = [i for i, (_, source) in enumerate(kept) if uniform(0, 1, self.generator) < self.augment_probability
+                      and (not self.augment_sources or source in self.augment_sources)]
             clips = [self.perturb(clip) if i in varied else clip for i, (clip, _) in enumerate(examples)]
         else:
             clips = [clip for clip, _ in examples]
@@ -1176,6 +1180,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     data.add_argument("--join-probability", type=float, default=0.6, help="chance that a one-word training clip becomes a string of its speaker's words")
     data.add_argument("--augment-probability", type=float, default=1.0, help="share of training examples augmented (the rest stay clean)")
+    data.add_argument("--augment-sources", type=lambda spec: tuple(s for s in spec.split(",") if s), default=(),
+                      help="comma-separated sources whose training rows are augmented (e.g. fsdd); default: all")
     data.add_argument("--streaming", action="store_true",
                       help="read the training split as a stream (shuffled in a buffer, sharded among processes); needs --max-steps")
     data.add_argument("--shuffle-buffer", type=int, default=1000, help="with --streaming: rows in the shuffle buffer")
@@ -1361,7 +1367,8 @@ def main(argv=None) -> dict:
     pools = word_pools(prepared["train"]) if args.join_probability > 0 and not args.streaming else {}
     reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad)
     collator = Collator(
-        config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability, reader=reader
+        config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability,
+        reader=reader, augment_sources=args.augment_sources,
     )
     planner = None  # a stream has no length to plan, and --group-by-length brings transformers' own sampler
     if not args.streaming and not args.group_by_length:
