@@ -1207,6 +1207,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--num-beams", type=int, default=1, help="beam width for evaluation decoding")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model (transformers' torch_compile); off by default, see README")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     return parser.parse_args(argv)
 
@@ -1294,6 +1295,7 @@ def training_arguments(args: argparse.Namespace, max_label: int) -> Seq2SeqTrain
         seed=args.seed,
         data_seed=args.seed,
         bf16=args.bf16,
+        torch_compile=args.compile,
         ddp_find_unused_parameters=False,  # every built parameter is used (unused branches are not built)
         dataloader_num_workers=0,  # measured: a worker process beside 2 compute threads made steps no faster
         dataloader_pin_memory=torch.cuda.is_available(),
