@@ -440,32 +440,30 @@ def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
         clips = random_clips(batch, CLIP_SECONDS)
         long_clips = [F.pad(clip, (0, (WHISPER_SECONDS - CLIP_SECONDS) * SAMPLE_RATE)) for clip in clips]
 
-        model, inputs = ours_model(preset, {}, clips, labels, runner)
-        flops = model_flops(model, inputs, runner)
-        builders = {  # every model of the comparisons is built once; each ratio times its two steps interleaved
-            "off": lambda: ours_model(preset, {}, clips, labels, runner),
-            "on": lambda: ours_model(preset, ALL_OPTIONS, clips, labels, runner),
-            "ours 30 s": lambda: ours_model(preset, {}, long_clips, labels, runner),
-            "Whisper 30 s": lambda: whisper_model(config, WHISPER_SECONDS, clips, labels, runner),
-            "Whisper 3 s": lambda: whisper_model(config, CLIP_SECONDS, clips, labels, runner),
+        built = {  # every model of the comparisons is built once; each ratio times its two steps interleaved
+            "off": ours_model(preset, {}, clips, labels, runner),
+            "on": ours_model(preset, ALL_OPTIONS, clips, labels, runner),
+            "ours 30 s": ours_model(preset, {}, long_clips, labels, runner),
+            "Whisper 30 s": whisper_model(config, WHISPER_SECONDS, clips, labels, runner),
+            "Whisper 3 s": whisper_model(config, CLIP_SECONDS, clips, labels, runner),
         }
-        del model, inputs
-        step = {name: training_step(*build(), runner) for name, build in builders.items()}
+        flops = model_flops(*built["off"], runner)
+        step = {name: training_step(model, inputs, runner) for name, (model, inputs) in built.items()}
+        del built
         comparisons = [  # (what, ours, anchor, target ratio): the ratio is anchor time / our time
             ("ours 3-s clips vs Whisper 30-s input", "off", "Whisper 30 s", 10.0),
             ("ours vs Whisper cut to 3 s (150 positions)", "off", "Whisper 3 s", 1.0),
             ("ours vs Whisper, both on 30-s input", "ours 30 s", "Whisper 30 s", 1.0),
             ("all options on vs off (3 s; ≥ 0.85 = at most 18% cost)", "on", "off", 0.85),
         ]
-        off = None
+        times = {}  # each step's time in its latest pair
         for what, ours, anchor, target in comparisons:
-            ratio, ours_time, anchor_time = runner.paired(step[ours], step[anchor], pairs=None)
-            off = off or (ours_time if ours == "off" else None)
+            ratio, times[ours], times[anchor] = runner.paired(step[ours], step[anchor], pairs=None)
             rows.append(Row(1, f"train {label}, batch {batch}: {what} (ratio: median of interleaved pairs)",
-                            speed(ours_time), speed(anchor_time), ratio, target))
+                            speed(times[ours]), speed(times[anchor]), ratio, target))
         del step
         peak = matmul_rate(runner, sizes.matmul_size)
-        achieved = flops / off.seconds
+        achieved = flops / times["off"].seconds
         rows.append(
             Row(
                 5,
