@@ -697,15 +697,15 @@ class Collator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         training = bool(rows[0].get("augment"))
         if training:
-            kept = [(example, row.get("source", "")) for row in rows if (example := self.example(row)) is not None]
+            kept = [(row, example) for row in rows if (example := self.example(row)) is not None]
         else:
-            kept = [((clip, row["labels"]), "") for row in rows if (clip := self.reader(row)) is not None]
+            kept = [(row, (clip, row["labels"])) for row in rows if (clip := self.reader(row)) is not None]
         if not kept:
             raise ValueError("every row of a batch was skipped: " + "; ".join(row.get("name", "?") for row in rows))
-        examples = [example for example, _ in kept]
+        examples = [example for _, example in kept]
         if training:
-            varied = [i for i, (_, source) in enumerate(kept) if uniform(0, 1, self.generator) < self.augment_probability
-                      and (not self.augment_sources or source in self.augment_sources)]
+            varied = [i for i, (row, _) in enumerate(kept) if uniform(0, 1, self.generator) < self.augment_probability
+                      and (not self.augment_sources or row.get("source", "") in self.augment_sources)]
             clips = [self.perturb(clip) if i in varied else clip for i, (clip, _) in enumerate(examples)]
         else:
             clips = [clip for clip, _ in examples]
