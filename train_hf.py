@@ -1415,12 +1415,6 @@ def main(argv=None) -> dict:
         table.save(Path(args.output_dir))
         tracker.save(Path(args.output_dir))
         print_results(results, model, trainer, collator, reader, stream_skipped, args, planner, test_sources)
-    if torch.distributed.is_initialized():
-        # Under torchrun: wait until process 0 has reported, then tear the process group down while the
-        # interpreter is whole. Left to exit, gloo's threads can free tensors during interpreter
-        # finalization and abort ("terminate called without an active exception"; pytorch#190489).
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
     return results
 
 
