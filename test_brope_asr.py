@@ -344,6 +344,20 @@ def test_blended_attention_is_finite_for_zero_vectors():
     assert_close(fused, brope_asr.attention_reference(q, k, v, blend=blend, temperature=temperature), atol=1e-5)
 
 
+def test_blended_scores_have_rank_twice_the_head_width_so_no_narrower_dot_product_computes_them():
+    # Why `attention` concatenates queries and keys to 2 Dh: the blend is a sum of two rank-Dh
+    # products, so its score matrix has rank 2 Dh, and a dot product of width w has rank at most w.
+    # The softmax ignores a constant added to a row, which can lower the rank by one at most.
+    torch.manual_seed(0)
+    width, length, b, tau = 8, 40, 0.4, 3.0
+    q, k = torch.randn(length, width, dtype=torch.float64), torch.randn(length, width, dtype=torch.float64)
+    plain = q @ k.T / math.sqrt(width)
+    blended = b * tau * F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).T + (1 - b) * plain
+    assert torch.linalg.matrix_rank(plain) == width
+    assert torch.linalg.matrix_rank(blended) == 2 * width
+    assert torch.linalg.matrix_rank(blended - blended.mean(dim=1, keepdim=True)) >= 2 * width - 1
+
+
 # ----------------------------------------------------------------------------------------- learned mixes
 
 
@@ -1942,7 +1956,15 @@ def test_benchmark_quick_run_prints_one_table_with_every_row():
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| # | row |")
-    assert {line.split("|")[1].strip() for line in table[2:]} == {"1", "2", "3", "4", "5"}
+    assert {line.split("|")[1].strip() for line in table[2:]} == {"1", "2", "3", "4", "5", "6"}
+
+
+def test_benchmark_rows_option_measures_only_the_rows_asked_for():
+    from tools import bench_brope_asr as bench
+
+    rows = bench.measure_all(bench.Runner(torch.device("cpu"), 1), bench.QUICK, {6})
+    assert {row.section for row in rows} == {6} and len(rows) == 2 * len(bench.QUICK.presets)
+    assert all(row.ratio > 0 for row in rows)
 
 
 def test_speed_perturbation_never_lengthens_a_clip_past_max_source_positions():

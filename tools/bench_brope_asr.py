@@ -14,7 +14,13 @@ the machine that ran them even where the absolute numbers do not carry over. The
    implementation of the same score (a full pairwise distance matrix and a Python loop over
    positions, `brope_straightforward` below): time and peak memory at 128 to 3000 positions.
 5. Model FLOP utilization of the training step at each preset: its model FLOP/s over the `torch.matmul` rate.
-6. With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast.
+6. Blended attention forward+backward at each preset's encoder self-attention shape, against plain
+   scaled dot product and against the same blend with v padded onto torch's fused kernel.
+
+With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast. `--rows 2,3,6` measures
+only those rows (1 and 5 come from the same training steps). Rows 1, 2, 3, 4 (against plain RoPE)
+and 6 are timed as interleaved pairs: ours and the anchor back to back, the ratio the median of the
+pairwise ratios.
 
 `--long-audio RUN_DIR` measures something else, on a trained model: recordings of 1, 5 and 20
 minutes made by joining the test split's clips (`--split` another) (seeded order, pauses of 0.3-0.7 s of silence) are
@@ -29,6 +35,7 @@ seeded noise: speed does not depend on what is said.
 
     python -m tools.bench_brope_asr                  # the full table: about 15 minutes on 2 CPU cores
     python -m tools.bench_brope_asr --quick          # tiny sizes, 1 repeat: a smoke run; it checks no speed
+    python -m tools.bench_brope_asr --threads 2 --rows 2,3,6   # only the generate, log-mel and attention rows
     python -m tools.bench_brope_asr --threads 2 --repeats 5 --out bench.md
     python -m tools.bench_brope_asr --device cuda    # adds the GPU column (bf16 autocast)
     python -m tools.bench_brope_asr --threads 2 --long-audio runs/small   # long recordings: WER, real-time factor
@@ -67,6 +74,7 @@ from brope_asr import (
     BRoPEASRForConditionalGeneration,
     Rotation,
     apply_rotary,
+    attention,
     rotary_angles,
     batch_inputs,
     load_audio,
@@ -494,37 +502,34 @@ def generate_rows(runner: Runner, sizes: Sizes) -> list[Row]:
         whispers[anchor] = (whisper_like(config, seconds * FRAMES_PER_SECOND // 2).to(runner.device).eval(), features)
     length = dict(max_new_tokens=sizes.new_tokens, min_new_tokens=sizes.new_tokens)
 
-    def latency(fn: Callable) -> Timing:
+    def no_grad(fn: Callable) -> Callable[[], None]:
         def call():
             with torch.no_grad(), runner.autocast():
                 fn()
 
-        return runner.measure(call)
+        return call
 
-    rows, repeats = [], runner.repeats
+    rows = []
     name = f"generate {sizes.large}, batch {sizes.batch} × 3 s, {sizes.new_tokens} tokens"
     for beams, search in ((1, "greedy"), (4, "beam-4")):
-        ours = latency(lambda: model.generate(**inputs, num_beams=beams, **length))
-        for anchor, (whisper, features) in whispers.items():
-            theirs = latency(lambda: whisper.generate(features, num_beams=beams, **length))
-            rows.append(
-                Row(
-                    2,
-                    f"{name}, {search}: ours vs {anchor}",
-                    seconds_text(ours, repeats),
-                    seconds_text(theirs, repeats),
-                    theirs.seconds / ours.seconds,
-                )
-            )
+        ours = no_grad(lambda: model.generate(**inputs, num_beams=beams, **length))
+        anchors = {
+            anchor: no_grad(lambda whisper=whisper, features=features: whisper.generate(features, num_beams=beams, **length))
+            for anchor, (whisper, features) in whispers.items()
+        }
         if beams == 1:
-            uncached = latency(lambda: model.generate(**inputs, use_cache=False, **length))
+            anchors["ours uncached"] = no_grad(lambda: model.generate(**inputs, use_cache=False, **length))
+        for anchor, theirs in anchors.items():
+            ratio, our_timing, their_timing = runner.paired(ours, theirs, pairs=None)
+            label = "ours cached vs uncached" if anchor == "ours uncached" else f"ours vs {anchor}"
             rows.append(
                 Row(
                     2,
-                    f"{name}, greedy: ours cached vs uncached",
-                    seconds_text(ours, repeats),
-                    seconds_text(uncached, repeats),
-                    uncached.seconds / ours.seconds,
+                    f"{name}, {search}: {label} (ratio: median of interleaved pairs)",
+                    seconds_text(our_timing, 3),
+                    seconds_text(their_timing, 3),
+                    ratio,
+                    1.2 if anchor == "Whisper cut to 3 s" else None,
                 )
             )
     return rows
@@ -555,24 +560,24 @@ def log_mel_rows(runner: Runner, sizes: Sizes) -> list[Row]:
     rows, count = [], len(clips)
     for mode in ("one clip at a time", f"batch of {count}"):
         per_clip = mode.startswith("one")
-        results = {}
+        calls, features = {}, {}
         for path, fn in paths.items():
 
             def call(fn=fn):
                 return [fn(clip[None]) for clip in clips] if per_clip else fn(clips)
 
-            features = np.concatenate(call()) if per_clip else call()
-            results[path] = (runner.measure(call), features)
-        timing, features = results.pop("ours")
-        for anchor, (theirs, their_features) in results.items():
-            difference = np.abs(features - their_features).max()
+            calls[path] = call
+            features[path] = np.concatenate(call()) if per_clip else call()
+        for anchor in [path for path in paths if path != "ours"]:
+            ratio, timing, theirs = runner.paired(calls["ours"], calls[anchor])
+            difference = np.abs(features["ours"] - features[anchor]).max()
             rows.append(
                 Row(
                     3,
-                    f"log-mel 3-s clips, {mode}: ours vs {anchor}",
+                    f"log-mel 3-s clips, {mode}: ours vs {anchor} (ratio: median of 21 interleaved pairs)",
                     f"{count / timing.seconds:,.0f} clips/s (max abs diff {difference:.1e})",
                     f"{count / theirs.seconds:,.0f} clips/s",
-                    theirs.seconds / timing.seconds,
+                    ratio,
                     5.0 if "numpy" in anchor else 1.0,
                 )
             )
@@ -736,6 +741,68 @@ def rope_rows(runner: Runner, sizes: Sizes) -> list[Row]:
     return rows
 
 
+# -------------------------------------------------------------------------------- 6 blended attention
+
+
+def blended_padded(q, k, v, mask, is_causal, blend, temperature) -> torch.Tensor:
+    """`attention`'s blend with v zero-padded to the queries' doubled width, and the output cut back.
+
+    torch's fused CPU kernel takes only equal query, key and value widths; the blend's [q-hat, q] .
+    [k-hat, k] is twice as wide as v, so `attention` runs the unfused path. Padding v is the one way
+    onto the fused kernel for the same function; this anchor measures whether it pays.
+    """
+    b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
+    q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
+    k = torch.cat((F.normalize(k, dim=-1), k), dim=-1)
+    out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, v.shape[-1])), attn_mask=mask, is_causal=is_causal, scale=1.0)
+    return out[..., : v.shape[-1]]
+
+
+def attention_rows(runner: Runner, sizes: Sizes) -> list[Row]:
+    """Row 6: blended attention forward+backward at each preset's encoder self-attention on a batch
+    of 3-s clips, against plain scaled dot product and against the blend padded onto the fused kernel."""
+    rows = []
+    for label, preset in sizes.presets.items():
+        progress(f"{runner.label}: blended attention at {label}")
+        config = BRoPEASRConfig.from_preset(**preset)
+        heads = config.encoder_attention_heads
+        shape = (sizes.batch, heads, CLIP_SECONDS * FRAMES_PER_SECOND // config.downsampling_factor, config.d_model // heads)
+        generator = torch.Generator().manual_seed(SEED)
+        q, k, v = (torch.randn(shape, generator=generator).to(runner.device).requires_grad_() for _ in range(3))
+        blend = torch.full((heads,), 0.5, device=runner.device, requires_grad=True)
+        temperature = torch.full((heads,), shape[-1] ** 0.5, device=runner.device, requires_grad=True)
+        mask = torch.ones(shape[0], 1, 1, shape[2], dtype=torch.bool, device=runner.device)
+        mask[0, ..., shape[2] // 2 :] = False  # one clip half as long: the padded batch a step sees
+        variants = {
+            "blended": (lambda: attention(q, k, v, mask, False, blend, temperature), [q, k, v, blend, temperature]),
+            "plain": (lambda: attention(q, k, v, mask), [q, k, v]),
+            "padded": (lambda: blended_padded(q, k, v, mask, False, blend, temperature), [q, k, v, blend, temperature]),
+        }
+        with torch.no_grad():
+            torch.testing.assert_close(variants["padded"][0](), variants["blended"][0](), rtol=1e-4, atol=1e-5)
+        calls = {}
+        for variant, (fn, leaves) in variants.items():
+
+            def train(fn=fn, leaves=leaves):
+                with runner.autocast():
+                    out = fn()
+                torch.autograd.grad(out.float().sum(), leaves)
+
+            calls[variant] = train
+        for anchor, what in (("plain", "plain scaled dot product"), ("padded", "the blend with v padded onto the fused kernel")):
+            ratio, ours, theirs = runner.paired(calls["blended"], calls[anchor])
+            rows.append(
+                Row(
+                    6,
+                    f"blended attention fwd+bwd, {label} encoder self-attention {tuple(shape)}: ours vs {what} (ratio: median of 21 interleaved pairs)",
+                    seconds_text(ours, 3),
+                    seconds_text(theirs, 3),
+                    ratio,
+                )
+            )
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------- table
 
 
@@ -764,10 +831,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_all(runner: Runner, sizes: Sizes) -> list[Row]:
-    """Every row on one device, in the README table's order."""
-    rows = training_rows(runner, sizes) + generate_rows(runner, sizes) + log_mel_rows(runner, sizes)
-    rows += rope_rows(runner, sizes)
+SECTIONS = {  # row numbers -> what measures them (the training step gives rows 1 and 5)
+    (1, 5): training_rows,
+    (2,): generate_rows,
+    (3,): log_mel_rows,
+    (4,): rope_rows,
+    (6,): attention_rows,
+}
+
+
+def measure_all(runner: Runner, sizes: Sizes, rows_wanted: set[int] | None = None) -> list[Row]:
+    """Every row on one device (or those of `rows_wanted`), in the README table's order."""
+    rows = []
+    for sections, measure in SECTIONS.items():
+        if rows_wanted is None or rows_wanted & set(sections):
+            rows += measure(runner, sizes)
     return sorted(rows, key=lambda row: row.section)
 
 
@@ -937,6 +1015,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=None, help="timed samples per figure (5; --quick: 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda adds the GPU column (bf16)")
+    parser.add_argument("--rows", type=lambda spec: {int(n) for n in spec.split(",")}, metavar="N,N",
+                        help="measure only these rows (1 and 5 come together), e.g. 2,3,6; default: all")
     parser.add_argument("--out", default=None, help="also write the report to this markdown file")
     parser.add_argument("--long-audio", metavar="RUN_DIR", help="instead: long recordings through this trained model")
     parser.add_argument("--window-seconds", type=float, help="with --long-audio: the longest window (default: the model's)")
@@ -967,12 +1047,12 @@ def main(argv: list[str] | None = None) -> int:
     cpu = Runner(torch.device("cpu"), repeats)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    rows = measure_all(cpu, sizes)
+    rows = measure_all(cpu, sizes, args.rows)
     gpu_name = "none (GPU column left empty)"
     if args.device == "cuda":
         gpu = replace(cpu, device=torch.device("cuda"))
         gpu_name = f"{torch.cuda.get_device_name(gpu.device)} ({gpu.label})"
-        by_name = {row.name: row for row in measure_all(gpu, sizes)}
+        by_name = {row.name: row for row in measure_all(gpu, sizes, args.rows)}
         for row in rows:
             gpu_row = by_name.get(row.name)
             if gpu_row is not None:
