@@ -1611,7 +1611,7 @@ def transcribe(
     return [join_windows(clip_texts) for clip_texts in per_clip]
 
 
-def file_windows(path, max_samples: int, block_seconds: float = 120.0) -> Iterator[torch.Tensor]:
+def file_windows(path, max_samples: int, block_seconds: float = 120.0) -> Iterator[tuple[int, torch.Tensor]]:
     """The windows of an audio file of any length, cut as `speech_windows` cuts, holding `block_seconds` at a time.
 
     The file is read in blocks (`read_blocks`); whenever the unheard audio reaches `block_seconds`
@@ -1624,22 +1624,24 @@ def file_windows(path, max_samples: int, block_seconds: float = 120.0) -> Iterat
         max_samples: the longest window, in samples at 16 kHz.
         block_seconds: audio held at once, at least twice the window.
     Yields:
-        (N_w,) float32 windows in order, each at most `max_samples` long.
+        (start, window) in order: the window's first sample in the whole file (at 16 kHz) and its
+        (N_w,) float32 samples, at most `max_samples`.
     Raises:
         ValueError naming the file: missing, not decodable, too short, or NaN/Inf samples.
     """
     if block_seconds * SAMPLE_RATE < 2 * max_samples:
         raise ValueError(f"block_seconds={block_seconds} must be at least twice the {max_samples / SAMPLE_RATE:.1f}-s window")
-    pending, heard = torch.zeros(0), 0
+    pending, origin, heard = torch.zeros(0), 0, 0  # origin: where `pending` starts in the file
     for block in read_blocks(path, block_seconds / 4):
         pending, heard = torch.cat([pending, block]), heard + len(block)
         if len(pending) >= block_seconds * SAMPLE_RATE:
             spans = speech_windows(pending, max_samples)
-            yield from (pending[start:end] for start, end in spans[:-1])
-            pending = pending[spans[-1][0] if spans else len(pending) :]
+            yield from ((origin + start, pending[start:end]) for start, end in spans[:-1])
+            kept = spans[-1][0] if spans else len(pending)
+            pending, origin = pending[kept:], origin + kept
     if heard < N_FFT:
         raise ValueError(f"{path}: clip has {heard} samples, needs at least {N_FFT} (25 ms)")
-    yield from (pending[start:end] for start, end in speech_windows(pending, max_samples))
+    yield from ((origin + start, pending[start:end]) for start, end in speech_windows(pending, max_samples))
 
 
 def transcribe_file(
@@ -1664,7 +1666,7 @@ def transcribe_file(
     """
     seconds = window_seconds(model.config, max_window_seconds)
     texts, batch = [], []
-    for window in file_windows(path, int(seconds * SAMPLE_RATE), block_seconds):
+    for _, window in file_windows(path, int(seconds * SAMPLE_RATE), block_seconds):
         batch.append(window)
         if len(batch) == batch_size:
             texts += transcribe(model, tokenizer, batch, num_beams, seconds, batch_size)
@@ -1790,7 +1792,8 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     with their `sampling_rate` resampled by `resample` (no torchaudio); a recording is cut into
     windows at pauses (`speech_windows`, at most `chunk_length_s` or `window_seconds(config)` long,
     no overlap, so `stride_length_s` does not apply); decoding follows the model's generation
-    config (greedy), and the window texts are joined with spaces.
+    config (greedy), and the window texts are joined with spaces. `return_timestamps=True` adds
+    Whisper's "chunks": each window's text with its start and end in the recording.
     """
 
     def __init__(self, *args, **kwargs):
@@ -1813,25 +1816,34 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         window = int(window_seconds(self.model.config, chunk_length_s) * SAMPLE_RATE)
         if isinstance(inputs, str):  # a file is read in blocks, so memory is bounded by the block, not the file
             windows = file_windows(inputs, window)
-            current = next(windows, None)
-            while current is not None:
-                following = next(windows, None)
-                yield {"is_last": following is None, "samples": current[None], "num_samples": torch.tensor([len(current)])}
-                current = following
-            return
+        else:
+            audio = self._audio(inputs)
+            windows = ((start, audio[start:end]) for start, end in speech_windows(audio, window))
+        current = next(windows, None)
+        while current is not None:
+            following = next(windows, None)
+            start, samples = current
+            # (1, n) samples, (1,) their count and (1, 2) their span in the recording: the pipeline's
+            # batching pads the first and stacks the others
+            yield {
+                "is_last": following is None,
+                "samples": samples[None],
+                "num_samples": torch.tensor([len(samples)]),
+                "span": torch.tensor([[start, start + len(samples)]]),
+            }
+            current = following
+
+    @staticmethod
+    def _audio(inputs) -> torch.Tensor:
+        """Bytes of a file, an array at 16 kHz, or a {"raw"/"array", "sampling_rate"} dict -> (N,) float32 at 16 kHz."""
         if isinstance(inputs, bytes):
-            audio = load_audio(io.BytesIO(inputs), name="audio bytes")
-        elif isinstance(inputs, dict):
+            return load_audio(io.BytesIO(inputs), name="audio bytes")
+        if isinstance(inputs, dict):
             samples = inputs.get("raw", inputs.get("array"))
             if samples is None or "sampling_rate" not in inputs:
                 raise ValueError('a dict input needs "raw" (or "array") samples and their "sampling_rate"')
-            audio = audio_array(samples, inputs["sampling_rate"], "audio")
-        else:
-            audio = _check_audio(mono(inputs), "audio")
-        windows = speech_windows(audio, window)
-        for i, (start, end) in enumerate(windows):
-            # (1, n) samples and (1,) their count: the pipeline's batching pads the first and stacks the second
-            yield {"is_last": i == len(windows) - 1, "samples": audio[None, start:end], "num_samples": torch.tensor([end - start])}
+            return audio_array(samples, inputs["sampling_rate"], "audio")
+        return _check_audio(mono(inputs), "audio")
 
     def _forward(self, model_inputs, return_timestamps=False, return_language=None, **generate_kwargs):
         """One batch of windows -> their generated tokens (other models: the parent's forward)."""
@@ -1841,15 +1853,41 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         clips = [row[:count] for row, count in zip(samples.float().cpu(), counts.tolist())]
         inputs = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt").to(self.device)
         tokens = self.model.generate(**inputs, **self._prepare_generate_kwargs(generate_kwargs))
-        return {"is_last": model_inputs.pop("is_last"), "tokens": tokens}
+        return {"is_last": model_inputs.pop("is_last"), "tokens": tokens, "span": model_inputs.pop("span")}
+
+    def _sanitize_parameters(self, return_timestamps=None, **kwargs):
+        """The parent's parameters; for brope-asr, `return_timestamps=True` gives each window's span."""
+        if not self.is_brope:
+            return super()._sanitize_parameters(return_timestamps=return_timestamps, **kwargs)
+        if return_timestamps not in (None, False, True):
+            raise ValueError(
+                f"brope-asr gives the start and end of each window it decodes (return_timestamps=True), "
+                f"not {return_timestamps!r} timestamps: the decoder has no alignment to read them from"
+            )
+        kwargs.setdefault("ignore_warning", True)  # the parent warns that seq2seq chunking is experimental; ours cuts at pauses
+        preprocess, forward, postprocess = super()._sanitize_parameters(**kwargs)
+        if return_timestamps:
+            postprocess["return_timestamps"] = True
+        return preprocess, forward, postprocess
 
     def postprocess(self, model_outputs, decoder_kwargs=None, return_timestamps=None, return_language=None):
+        """The windows' texts joined; with `return_timestamps`, also "chunks": each window that heard
+        words, {"text", "timestamp": (start, end) in seconds of the recording}, as Whisper's chunks."""
         if not self.is_brope:
             return super().postprocess(model_outputs, decoder_kwargs, return_timestamps, return_language)
-        if return_timestamps or return_language:
-            raise ValueError("brope-asr models give text only: no timestamps or language")
-        return {"text": join_windows([self.tokenizer.decode(output["tokens"].reshape(-1).tolist(), skip_special_tokens=True)
-                                      for output in model_outputs])}
+        if return_language:
+            raise ValueError("brope-asr models give no language")
+        texts = [self.tokenizer.decode(output["tokens"].reshape(-1).tolist(), skip_special_tokens=True).strip()
+                 for output in model_outputs]
+        result = {"text": join_windows(texts)}
+        if return_timestamps:
+            spans = [output["span"].reshape(-1).tolist() for output in model_outputs]
+            result["chunks"] = [
+                {"text": text, "timestamp": (round(start / SAMPLE_RATE, 3), round(end / SAMPLE_RATE, 3))}
+                for text, (start, end) in zip(texts, spans)
+                if text
+            ]
+        return result
 
 
 # --------------------------------------------------------------------------------------------- metrics

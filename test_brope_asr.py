@@ -1274,6 +1274,15 @@ def test_a_minute_long_recording_is_transcribed_in_windows_as_its_clips_are(over
     soundfile.write(path, recording.numpy(), SAMPLE_RATE, subtype="FLOAT")
     asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
     assert asr(str(path), chunk_length_s=1.5, batch_size=8)["text"] == reference
+    timed = asr(recording.numpy(), chunk_length_s=1.5, batch_size=8, return_timestamps=True)
+    assert timed["text"] == reference and [chunk["text"] for chunk in timed["chunks"]] == [texts[i] for i in order]
+    starts = np.cumsum([0] + [len(waveforms[i]) + int(0.6 * SAMPLE_RATE) for i in order])[:-1] / SAMPLE_RATE
+    for chunk, start, i in zip(timed["chunks"], starts, order):  # each window holds its clip, and only it
+        first, last = chunk["timestamp"]
+        assert first <= start + 0.05 and start + len(waveforms[i]) / SAMPLE_RATE - 0.05 <= last <= first + 1.5
+    assert all(a["timestamp"][1] <= b["timestamp"][0] for a, b in zip(timed["chunks"], timed["chunks"][1:]))
+    with pytest.raises(ValueError, match="not 'word' timestamps"):
+        asr(str(path), return_timestamps="word")
 
 
 def test_a_file_is_transcribed_holding_a_block_at_a_time_by_transcribe_file_and_the_pipeline(overfit_model, tmp_path, monkeypatch):
@@ -1293,8 +1302,17 @@ def test_a_file_is_transcribed_holding_a_block_at_a_time_by_transcribe_file_and_
     held.clear()  # the pipeline reads a file path through the same blocks
     monkeypatch.setattr(brope_asr, "file_windows", functools.partial(brope_asr.file_windows, block_seconds=4.0))
     asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
-    assert asr(str(path), chunk_length_s=1.5, batch_size=4)["text"] == text
+    timed = asr(str(path), chunk_length_s=1.5, batch_size=4, return_timestamps=True)
+    assert timed["text"] == text
     assert max(held) <= (4.0 + 1.0 + 1.5) * SAMPLE_RATE
+    # Windows cut block by block sit where the windows of the whole recording sit, a frame or so
+    # apart (each block sets its own energy threshold for pauses), but the last may keep the
+    # recording's final 0.6-s pause.
+    whole = asr(recording.numpy(), chunk_length_s=1.5, batch_size=4, return_timestamps=True)["chunks"]
+    assert [chunk["text"] for chunk in timed["chunks"]] == [chunk["text"] for chunk in whole]
+    spans, whole_spans = (np.array([chunk["timestamp"] for chunk in chunks]) for chunks in (timed["chunks"], whole))
+    assert np.abs(spans - whole_spans).ravel()[:-1].max() <= 0.03 and abs(spans[-1, 1] - whole_spans[-1, 1]) <= 0.6
+    assert timed["chunks"][-1]["timestamp"][1] > 55.0
 
 
 @pytest.mark.parametrize("rate, channels", [(16000, 1), (8000, 1), (44100, 2), (22050, 1)])
@@ -1965,6 +1983,19 @@ def test_benchmark_rows_option_measures_only_the_rows_asked_for():
     rows = bench.measure_all(bench.Runner(torch.device("cpu"), 1), bench.QUICK, {6})
     assert {row.section for row in rows} == {6} and len(rows) == 2 * len(bench.QUICK.presets)
     assert all(row.ratio > 0 for row in rows)
+
+
+def test_padding_report_gives_a_share_for_every_batching_with_and_without_joined_words(tmp_path):
+    from tools import bench_brope_asr as bench
+
+    folder, _ = small_corpus(tmp_path / "data", train=16)
+    report = bench.padding_report(str(folder), batch_size=4, epochs=1)
+    rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| ") and "%" in line]
+    assert [(name.strip(), float(join)) for name, join, *_ in rows] == [
+        (name, join) for join in (0.0, 0.6) for name in ("random", "grouped by length", "planned, 4 batches sorted together (--sorted-batches 4)")
+    ]
+    for _, _, padded, processed in rows:
+        assert 0 <= float(processed.strip(" %")) <= float(padded.strip(" %")) < 100  # micro-batches never add padding
 
 
 def test_speed_perturbation_never_lengthens_a_clip_past_max_source_positions():

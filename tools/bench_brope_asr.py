@@ -52,6 +52,7 @@ import statistics
 import sys
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
