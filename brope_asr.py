@@ -401,8 +401,8 @@ def attention(
     """Softmax attention on torch's fused `scaled_dot_product_attention`, optionally blended.
 
     The blended similarity b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) is itself one dot product of
-    concatenated vectors, [b tau q/|q|, (1 - b) q / sqrt(Dh)] . [k/|k|, k], so the fused kernel
-    computes it exactly with scale 1 (at twice the query/key width).
+    concatenated vectors (`blended_query_key`), so the same call computes it exactly with scale 1,
+    at twice the query/key width.
 
     Args:
         q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh).
@@ -416,12 +416,28 @@ def attention(
     """
     scale = None
     if blend is not None:
-        b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
-        # F.normalize divides by max(|x|, eps), so padded (zero) vectors give 0, not NaN.
-        q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
-        k = torch.cat((F.normalize(k, dim=-1), k), dim=-1)
+        q, k = blended_query_key(q, k, blend, temperature)
         scale = 1.0
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale)
+
+
+def blended_query_key(
+    q: torch.Tensor, k: torch.Tensor, blend: torch.Tensor, temperature: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[b tau q/|q|, (1 - b) q / sqrt(Dh)] and [k/|k|, k], whose dot product is the blended similarity.
+
+    The narrowest exact form: the blended score matrix has rank 2 Dh (a sum of two rank-Dh
+    products), which no narrower dot product reaches. torch's fused CPU kernel takes only equal
+    query, key and value widths, so with v at Dh the call runs the unfused path; padding v onto the
+    fused kernel was measured slower (README, Performance).
+
+    Args: q (B, H, Sq, Dh); k (B, H, Sk, Dh); blend and temperature (H,).
+    Returns: (B, H, Sq, 2 Dh) and (B, H, Sk, 2 Dh).
+    """
+    b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
+    # F.normalize divides by max(|x|, eps), so padded (zero) vectors give 0, not NaN.
+    q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
+    return q, torch.cat((F.normalize(k, dim=-1), k), dim=-1)
 
 
 def attention_reference(

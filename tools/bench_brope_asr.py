@@ -76,6 +76,7 @@ from brope_asr import (
     Rotation,
     apply_rotary,
     attention,
+    blended_query_key,
     rotary_angles,
     batch_inputs,
     load_audio,
@@ -752,9 +753,7 @@ def blended_padded(q, k, v, mask, is_causal, blend, temperature) -> torch.Tensor
     [k-hat, k] is twice as wide as v, so `attention` runs the unfused path. Padding v is the one way
     onto the fused kernel for the same function; this anchor measures whether it pays.
     """
-    b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
-    q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
-    k = torch.cat((F.normalize(k, dim=-1), k), dim=-1)
+    q, k = blended_query_key(q, k, blend, temperature)
     out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, v.shape[-1])), attn_mask=mask, is_causal=is_causal, scale=1.0)
     return out[..., : v.shape[-1]]
 
