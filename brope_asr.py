@@ -340,11 +340,12 @@ def betweenness_score(
     if length <= 2 * k:
         return z.new_zeros(z.shape[:-1])
 
-    def distance(u, v):
-        return ((u - v).square().sum(-1) + eps**2).sqrt()
+    def distance(step):  # (B, H, S - step): d(z[j], z[j + step]) for every j
+        return ((z[..., step:, :] - z[..., :-step, :]).square().sum(-1) + eps**2).sqrt()
 
-    a, b, c = z[..., : length - 2 * k, :], z[..., k : length - k, :], z[..., 2 * k :, :]
-    score = distance(a, c) / (distance(a, b) + distance(b, c))
+    # d(a, b) and d(b, c) are the same neighbour distances at offset k, k apart: computed once.
+    near, far = distance(k), distance(2 * k)  # (B, H, S - k), (B, H, S - 2k)
+    score = far / (near[..., : length - 2 * k] + near[..., k:])
     if valid is not None:
         complete = valid[:, : length - 2 * k] & valid[:, k : length - k] & valid[:, 2 * k :]  # no member padded
         score = score * complete[:, None, :]
