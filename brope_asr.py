@@ -33,6 +33,8 @@ References:
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import io
 import math
 import sys
@@ -1661,6 +1663,27 @@ def file_windows(path, max_samples: int, block_seconds: float = 120.0) -> Iterat
     yield from ((origin + start, pending[start:end]) for start, end in speech_windows(pending, max_samples))
 
 
+@lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library is another (macOS, musl, Windows)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the C heap's freed pages back to the system (glibc's `malloc_trim(0)`; nothing elsewhere).
+
+    Decoding windows of many lengths leaves freed buffers scattered through the heap, which glibc
+    keeps: a 20-minute file grew the process by about 270 MiB without this and by none with it, at
+    about 5% of the decoding time (README, Long recordings).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def transcribe_file(
     model: BRoPEASRForConditionalGeneration,
     tokenizer,
@@ -1675,6 +1698,9 @@ def transcribe_file(
     The windows come from `file_windows` and are decoded `batch_size` at a time; a file shorter
     than `block_seconds` gives exactly `transcribe(model, tokenizer, [load_audio(path)])`.
 
+    After each batch the heap's freed pages go back to the system (`release_freed_memory`), so
+    the process stays flat over hours of audio.
+
     Args:
         path: any file soundfile reads, any rate, mono or stereo.
         block_seconds: audio held at once, at least twice the window.
@@ -1688,6 +1714,7 @@ def transcribe_file(
         if len(batch) == batch_size:
             texts += transcribe(model, tokenizer, batch, num_beams, seconds, batch_size)
             batch = []
+            release_freed_memory()
     texts += transcribe(model, tokenizer, batch, num_beams, seconds, batch_size) if batch else []
     return join_windows(texts)
 

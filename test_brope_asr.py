@@ -1315,6 +1315,20 @@ def test_a_file_is_transcribed_holding_a_block_at_a_time_by_transcribe_file_and_
     assert timed["chunks"][-1]["timestamp"][1] > 55.0
 
 
+@pytest.mark.skipif(brope_asr._malloc_trim() is None or not Path("/proc/self/status").exists(), reason="glibc on Linux")
+def test_release_freed_memory_hands_a_fragmented_heap_back_to_the_system():
+    def resident() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+    buffers = [torch.ones(16 * 1024) for _ in range(2000)]  # 125 MiB in 64-KiB pieces, on the heap (below mmap's threshold)
+    kept = buffers[::10]  # every tenth stays, so the others are holes that free() alone does not return
+    del buffers
+    before = resident()
+    brope_asr.release_freed_memory()
+    assert before - resident() > 80 * 2**20 and len(kept) == 200
+
+
 @pytest.mark.parametrize("rate, channels", [(16000, 1), (8000, 1), (44100, 2), (22050, 1)])
 def test_read_blocks_join_to_the_whole_file_at_any_rate(tmp_path, rate, channels):
     samples = 0.1 * np.random.default_rng(rate).standard_normal((int(2.37 * rate), channels)).astype(np.float32)
