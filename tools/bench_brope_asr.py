@@ -920,19 +920,26 @@ TRANSCRIBE_FILE = """
 import json, sys, time
 import torch
 from transformers import PreTrainedTokenizerFast
+import brope_asr
 from brope_asr import BRoPEASRForConditionalGeneration, transcribe_file
 run_dir, path, window, threads = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)
 model = BRoPEASRForConditionalGeneration.from_pretrained(run_dir).eval()
 tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir)
-def peak():  # this process's own high-water mark (ru_maxrss would carry the parent's from before exec)
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
-loaded = peak()
+def status(field):  # this process's own figures (ru_maxrss would carry the parent's from before exec)
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":"))
+settled, release = [], brope_asr.release_freed_memory
+def release_and_sample():  # transcribe_file calls this after each batch: what the process holds between batches
+    release()
+    settled.append(status("VmRSS"))
+brope_asr.release_freed_memory = release_and_sample
+loaded = status("VmHWM")
 started = time.perf_counter()
 text = transcribe_file(model, tokenizer, path, max_window_seconds=window)
 elapsed = time.perf_counter() - started
-print(json.dumps({"text": text, "seconds": elapsed, "loaded": loaded, "peak": peak()}))
+print(json.dumps({"text": text, "seconds": elapsed, "loaded": loaded, "peak": status("VmHWM"),
+                  "settled": settled or [status("VmRSS")]}))
 """
 
 
@@ -949,8 +956,9 @@ def long_audio_report(
     of silence, until it is at least that long, and is written to a 16-bit FLAC file; its reference
     is the clips' transcripts joined. A fresh process transcribes the file (`transcribe_file`: read
     a block at a time, cut into windows, decoded) and reports its time and peak resident memory, so
-    memory is the transcriber's alone; the same clips decoded one by one give the WER the file is
-    compared with. (Linux: memory is the process's VmHWM.)
+    memory is the transcriber's alone, and samples what it holds after each batch (once the freed
+    heap is handed back); the same clips decoded one by one give the WER the file is compared with.
+    (Linux: memory is the process's VmHWM and VmRSS.)
     """
     import json
     import subprocess
@@ -972,8 +980,8 @@ def long_audio_report(
         f"model {run_dir}: windows of at most {window:.1f} s; {len(clips)} {split} clips, "
         f"WER decoded one by one {100 * word_error_rate(alone, texts):.2f}%",
         "",
-        "| recording | WER | WER of its clips one by one | real-time factor | peak memory (model loaded / transcribing) |",
-        "| --- | --- | --- | --- | --- |",
+        "| recording | WER | WER of its clips one by one | real-time factor | peak memory (model loaded / transcribing) | resident between batches (first / last / most) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for length in minutes:
         parts, order, total = [], [], 0
@@ -996,12 +1004,14 @@ def long_audio_report(
                 capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
             )
         measured = json.loads(result.stdout.strip().splitlines()[-1])
+        settled = measured["settled"]
         reference = " ".join(texts[i] for i in order)
         one_by_one = " ".join(alone[i] for i in order if alone[i])
         lines.append(
             f"| {seconds / 60:.1f} min ({len(order)} clips) | "
             f"{100 * word_error_rate([measured['text']], [reference]):.2f}% | {100 * word_error_rate([one_by_one], [reference]):.2f}% | "
-            f"{measured['seconds'] / seconds:.4f} | {bytes_text(measured['loaded'])} / {bytes_text(measured['peak'])} |"
+            f"{measured['seconds'] / seconds:.4f} | {bytes_text(measured['loaded'])} / {bytes_text(measured['peak'])} | "
+            f"{' / '.join(bytes_text(b) for b in (settled[0], settled[-1], max(settled)))} |"
         )
     return "\n".join(lines)
 
