@@ -783,9 +783,8 @@ def log_mel_spectrogram(
         raise ValueError(f"audio must have shape (N,) or (B, N), got {tuple(audio.shape)}")
     batch = batch.float()
     n_batch, n_samples = batch.shape
-    if lengths is None:
-        lengths = torch.full((n_batch,), n_samples, device=batch.device)
-    lengths = torch.as_tensor(lengths, device=batch.device)
+    whole = lengths is None  # every clip fills its row: nothing to mirror per clip or to mask
+    lengths = torch.full((n_batch,), n_samples, device=batch.device) if whole else torch.as_tensor(lengths, device=batch.device)
     if int(lengths.min()) < N_FFT:
         raise ValueError(f"every clip needs at least {N_FFT} samples (25 ms), got {int(lengths.min())}")
 
@@ -793,23 +792,31 @@ def log_mel_spectrogram(
     # padding instead): reflect whole rows, then write each clip's own right-hand mirror after it.
     pad = N_FFT // 2
     padded = F.pad(batch[:, None], (pad, pad), mode="reflect")[:, 0]
-    offsets = torch.arange(1, pad + 1, device=batch.device)
-    last = (lengths - 1)[:, None]
-    padded.scatter_(1, last + pad + offsets, batch.gather(1, last - offsets))
+    if not whole:
+        offsets = torch.arange(1, pad + 1, device=batch.device)
+        last = (lengths - 1)[:, None]
+        padded.scatter_(1, last + pad + offsets, batch.gather(1, last - offsets))
 
     window = torch.hann_window(N_FFT, periodic=True, device=batch.device)
     stft = torch.stft(padded, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
     stft = stft[..., : n_samples // HOP_LENGTH]  # Whisper drops the last centred frame
     power = stft.real.square() + stft.imag.square()  # |z|^2 without abs()'s square root
-    filters = mel_filterbank(n_mels, sampling_rate).to(power)
-    log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
+    log_spec = torch.clamp(_mel_filters(n_mels, sampling_rate).to(power.device) @ power, min=1e-10).log10()
 
-    frames = lengths // HOP_LENGTH
-    valid = lengths_to_mask(frames, log_spec.shape[-1])  # (B, T)
-    peak = log_spec.masked_fill(~valid[:, None, :], -torch.inf).amax(dim=(1, 2), keepdim=True)
-    log_spec = torch.maximum(log_spec, peak - LOG_MEL_FLOOR_DB)
-    features = ((log_spec + 4.0) / 4.0).masked_fill(~valid[:, None, :], 0.0)
+    if whole:
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        features = (torch.maximum(log_spec, peak - LOG_MEL_FLOOR_DB) + 4.0) / 4.0
+    else:
+        valid = lengths_to_mask(lengths // HOP_LENGTH, log_spec.shape[-1])[:, None, :]  # (B, 1, T)
+        peak = log_spec.masked_fill(~valid, -torch.inf).amax(dim=(1, 2), keepdim=True)
+        features = ((torch.maximum(log_spec, peak - LOG_MEL_FLOOR_DB) + 4.0) / 4.0).masked_fill(~valid, 0.0)
     return features[0] if single else features
+
+
+@lru_cache(maxsize=8)
+def _mel_filters(n_mels: int, sampling_rate: int) -> torch.Tensor:
+    """`mel_filterbank` transposed, (M, n_fft // 2 + 1) float32, built once per size: log-mel runs per clip."""
+    return mel_filterbank(n_mels, sampling_rate).T.float().contiguous()
 
 
 def resample_kernel(orig_sr: int, target_sr: int) -> tuple[torch.Tensor, int, int, int]:
