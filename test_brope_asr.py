@@ -1971,6 +1971,33 @@ def test_pairs_needed_is_the_least_count_whose_paired_test_finds_the_difference(
     assert ablate.pairs_needed(1.0, 2.0) < ablate.pairs_needed(2.0, 2.0) < ablate.pairs_needed(4.0, 2.0)
 
 
+def test_prereg_analysis_pairs_finished_runs_by_seed_and_bounds_the_mean_difference(tmp_path):
+    from tools import prereg
+
+    def log(wer: float, validation: list[float], gate: str = "") -> str:
+        table = "\n".join(f"{100 * k:>10} | 1.0000 | 0.5000 | {v:.4f} | 0.0100" for k, v in enumerate(validation, 1))
+        return (f"clips: x\n  0%| | 0/2000\r 50%| | 1000/2000\n      step | train_loss | eval_loss | wer | cer\n{table}\n"
+                f"learned mixes: {{{gate}}}; training time 600 s; best validation WER at step 200\n"
+                f"test lucas: WER {wer + 5:.2f}% (CER 9.00%) on 200 clips\ntest WER {wer:.2f}% (CER 4.00%) on 600 clips\nWALL 650 s rc=0\n")
+
+    for seed, (rope, brope) in zip((10, 11, 12), ((10.0, 8.0), (12.0, 11.0), (11.0, 8.0))):
+        (tmp_path / f"rope_s{seed}.log").write_text(log(rope, [0.09, 0.05, 0.07]))
+        (tmp_path / f"brope_s{seed}.log").write_text(log(brope, [0.08, 0.04], "'betweenness_gate': 0.05"))
+    (tmp_path / "rope_s13.log").write_text(log(9.0, [0.05]))  # its pair has not finished: left out
+    (tmp_path / "brope_s13.log").write_text("clips: x\n")
+    (tmp_path / "long.log").write_text("runs/prereg/rope_s10: long_wer 40.00%\nruns/prereg/brope_s10: long_wer 45.00%\n")
+    run = prereg.read_log(tmp_path / "brope_s10.log")
+    assert run == {"test": 8.0, "test lucas": 13.0, "best validation": 4.0, "betweenness_gate": 0.05, "training time": 600.0, "wall": 650.0}
+    assert prereg.read_log(tmp_path / "brope_s13.log") is None
+    report = prereg.analyze(tmp_path)
+    assert "seeds 10, 11, 12)" in report and "seed 13" not in report
+    # Differences -2, -1, -3: mean -2, sd 1, bound t(0.975, 2) / sqrt(3) = 4.303 / 1.732 = 2.48.
+    assert "- test (**primary**): -2.00, -1.00, -3.00; mean -2.00 ± 2.48 (95%, t = -3.46 on 2 df" in report
+    (primary,) = [line for line in report.splitlines() if "(**primary**)" in line]
+    assert primary.endswith("the interval includes 0")
+    assert "| 40.00 |" in report and "| 45.00 |" in report  # the long strings join their runs
+
+
 def test_silent_clip_gives_finite_features_and_decodes(overfit_model):
     model, tokenizer, *_ = overfit_model
     silence = torch.zeros(SAMPLE_RATE)

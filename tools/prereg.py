@@ -1,0 +1,130 @@
+"""The pre-registered confirmatory test of bRoPE (README, "A confirmatory test of bRoPE, pre-registered").
+
+`tools/prereg.sh` trains the registered pairs (seeds 10-15, the default recipe without and with
+`--betweenness`) and keeps one log per run in `runs/prereg/logs/`; this script reads those logs
+once, after the last run, and prints the registered analysis as markdown:
+
+    bash tools/prereg.sh                # the runs (about 11 min each on 2 idle cores), resumable
+    python -m tools.prereg              # the analysis of whatever pairs have finished
+
+Primary endpoint: overall test WER, bRoPE - RoPE per seed; a two-sided paired t-test at 95%
+(bound t(0.975, n - 1) standard errors of the mean difference). Secondary, reported and not tested:
+WER per test source, best validation WER, training time, the gate at the end, and the 8-20-digit
+strings by length bucket (from `long.log`, written by `python -m tools.ablate --score-long`).
+"""
+
+import argparse
+import ast
+import math
+import re
+import statistics
+from pathlib import Path
+
+from tools.ablate import t_critical
+
+ARMS = ("rope", "brope")
+NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+EVAL_ROW = re.compile(rf"^\s*(\d+)((?:\s*\|\s*(?:{NUMBER}|nan))+)\s*$")  # a MetricsTable row: step | train_loss | eval_loss | wer | ...
+WER_COLUMN = 3
+
+
+def read_log(path: Path) -> dict[str, float] | None:
+    """One run's numbers from its train_hf log, in percent and seconds; None while the run has not finished.
+
+    Keys: "test" (overall test WER), "test <source>" (per source), "best validation" (the lowest
+    validation WER of the evaluation table, the one the saved model had), "training time" (seconds of
+    trainer.train), "wall" (seconds of the whole run), and each learned mix by its name.
+    """
+    text = "\n".join(path.read_text(errors="replace").splitlines())  # progress bars end their lines with \r
+    overall = re.search(rf"test WER ({NUMBER})%", text, re.M)
+    if overall is None:
+        return None
+    run = {"test": float(overall.group(1))}
+    for source, wer in re.findall(rf"test (\S+): WER ({NUMBER})%", text, re.M):
+        run[f"test {source}"] = float(wer)
+    validation = [float(m.group(2).split("|")[WER_COLUMN].strip()) for m in map(EVAL_ROW.match, text.splitlines()) if m]
+    if validation:
+        run["best validation"] = 100 * min(validation)
+    mixes = re.search(rf"^learned mixes: (\{{.*?\}}); training time ({NUMBER}) s", text, re.M)
+    if mixes:
+        run.update(ast.literal_eval(mixes.group(1)))
+        run["training time"] = float(mixes.group(2))
+    wall = re.search(r"^WALL (\d+) s", text, re.M)
+    if wall:
+        run["wall"] = float(wall.group(1))
+    return run
+
+
+def read_long(path: Path) -> dict[str, dict[str, float]]:
+    """The 8-20-digit WERs per run from `tools.ablate --score-long`'s output: {run name: {key: percent}}."""
+    runs = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, scores = line.partition(": ")
+            pairs = re.findall(rf"(long\S*) ({NUMBER})%", scores)
+            if pairs:
+                runs[Path(name).name] = {key: float(value) for key, value in pairs}
+    return runs
+
+
+def paired(differences: list[float]) -> str:
+    """Mean of the paired differences, its 95% bound and t, as one phrase."""
+    n = len(differences)
+    mean = statistics.fmean(differences)
+    if n < 2:
+        return f"mean {mean:+.2f} (one pair: no test)"
+    error = statistics.stdev(differences) / math.sqrt(n)
+    bound = t_critical(n - 1) * error
+    t = f"{mean / error:+.2f}" if error > 0 else "undefined (no spread)"
+    verdict = "excludes 0" if abs(mean) > bound else "includes 0"
+    return (f"mean {mean:+.2f} ± {bound:.2f} (95%, t = {t} on {n - 1} df, needs {t_critical(n - 1):.3f}; "
+            f"sd {statistics.stdev(differences):.2f}): the interval {verdict}")
+
+
+def analyze(logs: Path) -> str:
+    """The registered analysis of every finished pair in `logs`, as markdown."""
+    runs = {}
+    for arm in ARMS:
+        for path in sorted(logs.glob(f"{arm}_s*.log")):
+            seed = int(path.stem.split("_s")[1])
+            run = read_log(path)
+            if run is not None:
+                runs[arm, seed] = run
+    for name, scores in read_long(logs / "long.log").items():
+        arm, _, seed = name.partition("_s")
+        if (arm, int(seed)) in runs:
+            runs[arm, int(seed)].update(scores)
+    seeds = sorted({seed for arm, seed in runs if ("rope", seed) in runs and ("brope", seed) in runs})
+    if not seeds:
+        return "no finished pair yet"
+    keys = [key for key in runs["rope", seeds[0]] if key not in ("wall",)]
+    keys += [key for key in runs["brope", seeds[0]] if key not in keys and key != "wall"]
+    keys.append("wall")
+    lines = ["| run | " + " | ".join(keys) + " |", "|---|" + "--:|" * len(keys)]
+    for arm in ARMS:
+        for seed in seeds:
+            run = runs[arm, seed]
+            cells = [f"{run[key]:.{3 if key == 'betweenness_gate' else 2}f}" if key in run else "–" for key in keys]
+            lines.append(f"| {arm}, seed {seed} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Pairs finished: {len(seeds)} (seeds {', '.join(map(str, seeds))}). bRoPE − RoPE per seed:")
+    lines.append("")
+    for key in keys:
+        if key == "betweenness_gate" or not all(key in runs[arm, seed] for arm in ARMS for seed in seeds):
+            continue
+        differences = [runs["brope", seed][key] - runs["rope", seed][key] for seed in seeds]
+        role = "**primary**" if key == "test" else "secondary"
+        lines.append(f"- {key} ({role}): " + ", ".join(f"{d:+.2f}" for d in differences) + f"; {paired(differences)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--logs", type=Path, default=Path("runs/prereg/logs"), help="the folder of the runs' logs")
+    report = analyze(parser.parse_args(argv).logs)
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
