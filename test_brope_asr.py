@@ -1985,7 +1985,8 @@ def test_prereg_analysis_pairs_finished_runs_by_seed_and_bounds_the_mean_differe
         (tmp_path / f"brope_s{seed}.log").write_text(log(brope, [0.08, 0.04], "'betweenness_gate': 0.05"))
     (tmp_path / "rope_s13.log").write_text(log(9.0, [0.05]))  # its pair has not finished: left out
     (tmp_path / "brope_s13.log").write_text("clips: x\n")
-    (tmp_path / "long.log").write_text("runs/prereg/rope_s10: long_wer 40.00%\nruns/prereg/brope_s10: long_wer 45.00%\n")
+    (tmp_path / "long_rope_s10.log").write_text("runs/prereg/rope_s10: long_wer 40.00%\n")
+    (tmp_path / "long_brope_s10.log").write_text("runs/prereg/brope_s10: long_wer 45.00%, long_8_10 30.00%\n")
     run = prereg.read_log(tmp_path / "brope_s10.log")
     assert run == {"test": 8.0, "test lucas": 13.0, "best validation": 4.0, "betweenness_gate": 0.05, "training time": 600.0, "wall": 650.0}
     assert prereg.read_log(tmp_path / "brope_s13.log") is None

@@ -10,7 +10,8 @@ once, after the last run, and prints the registered analysis as markdown:
 Primary endpoint: overall test WER, bRoPE - RoPE per seed; a two-sided paired t-test at 95%
 (bound t(0.975, n - 1) standard errors of the mean difference). Secondary, reported and not tested:
 WER per test source, best validation WER, training time, the gate at the end, and the 8-20-digit
-strings by length bucket (from `long.log`, written by `python -m tools.ablate --score-long`).
+strings by length bucket (from `long_<run>.log`, written by `python -m tools.ablate --score-long`
+right after each run trains).
 """
 
 import argparse
@@ -55,10 +56,10 @@ def read_log(path: Path) -> dict[str, float] | None:
     return run
 
 
-def read_long(path: Path) -> dict[str, dict[str, float]]:
-    """The 8-20-digit WERs per run from `tools.ablate --score-long`'s output: {run name: {key: percent}}."""
+def read_long(logs: Path) -> dict[str, dict[str, float]]:
+    """The 8-20-digit WERs per run from `tools.ablate --score-long`'s outputs (`long*.log`): {run name: {key: percent}}."""
     runs = {}
-    if path.exists():
+    for path in sorted(logs.glob("long*.log")):
         for line in path.read_text().splitlines():
             name, _, scores = line.partition(": ")
             pairs = re.findall(rf"(long\S*) ({NUMBER})%", scores)
@@ -90,7 +91,7 @@ def analyze(logs: Path) -> str:
             run = read_log(path)
             if run is not None:
                 runs[arm, seed] = run
-    for name, scores in read_long(logs / "long.log").items():
+    for name, scores in read_long(logs).items():
         arm, _, seed = name.partition("_s")
         if (arm, int(seed)) in runs:
             runs[arm, int(seed)].update(scores)
