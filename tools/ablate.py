@@ -334,6 +334,14 @@ def t_critical(degrees: int) -> float:
     return T_CRITICAL_95[min(degrees, len(T_CRITICAL_95)) - 1]
 
 
+def paired_bound(differences: list[float]) -> tuple[float, float, float, float]:
+    """(mean, sample std, standard error, 95% bound) of two or more paired differences: the bound of a
+    two-sided paired t-test, t(0.975, n - 1) standard errors; the mean differs from 0 when beyond it."""
+    mean, std = spread(differences)
+    error = std / math.sqrt(len(differences))
+    return mean, std, error, t_critical(len(differences) - 1) * error
+
+
 def pairs_needed(std: float, difference: float, power_z: float = 0.8416) -> int:
     """Pairs a paired t-test needs to find a true `difference` at 95% confidence with 80% power,
     given the paired differences' standard deviation `std`: the least n with
@@ -382,12 +390,10 @@ def effects(results: dict[Cell, list[dict | None]], key: str = "test_wer") -> li
                     differences.append(100 * (run[key] - base_run[key]))
         if not differences:
             continue
-        mean, std = spread(differences)
         if len(differences) < 2:
-            lines.append(f"- {label}: WER {mean:+.2f} points from one pair: no spread to compare with")
+            lines.append(f"- {label}: WER {differences[0]:+.2f} points from one pair: no spread to compare with")
             continue
-        error = std / math.sqrt(len(differences))
-        bound = t_critical(len(differences) - 1) * error
+        mean, std, error, bound = paired_bound(differences)
         verdict = "larger than the seed-to-seed spread" if abs(mean) > bound else "within the seed-to-seed spread"
         lines.append(f"- {label}: WER {mean:+.2f} points over {len(differences)} paired runs "
                      f"(standard error {error:.2f}, 95% bound ±{bound:.2f}): {verdict}; "

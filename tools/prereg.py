@@ -4,7 +4,7 @@
 `--betweenness`) and keeps one log per run in `runs/prereg/logs/`; this script reads those logs
 once, after the last run, and prints the registered analysis as markdown:
 
-    bash tools/prereg.sh                # the runs (about 11 min each on 2 idle cores), resumable
+    bash tools/prereg.sh                # the runs (12-16 min each on 2 idle cores on 2026-12-02), resumable
     python -m tools.prereg              # the analysis of whatever pairs have finished
 
 Primary endpoint: overall test WER, bRoPE - RoPE per seed; a two-sided paired t-test at 95%
@@ -16,12 +16,10 @@ right after each run trains).
 
 import argparse
 import ast
-import math
 import re
-import statistics
 from pathlib import Path
 
-from tools.ablate import t_critical
+from tools.ablate import paired_bound, t_critical
 
 ARMS = ("rope", "brope")
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
@@ -71,15 +69,13 @@ def read_long(logs: Path) -> dict[str, dict[str, float]]:
 def paired(differences: list[float]) -> str:
     """Mean of the paired differences, its 95% bound and t, as one phrase."""
     n = len(differences)
-    mean = statistics.fmean(differences)
     if n < 2:
-        return f"mean {mean:+.2f} (one pair: no test)"
-    error = statistics.stdev(differences) / math.sqrt(n)
-    bound = t_critical(n - 1) * error
+        return f"mean {differences[0]:+.2f} (one pair: no test)"
+    mean, std, error, bound = paired_bound(differences)
     t = f"{mean / error:+.2f}" if error > 0 else "undefined (no spread)"
     verdict = "excludes 0" if abs(mean) > bound else "includes 0"
     return (f"mean {mean:+.2f} ± {bound:.2f} (95%, t = {t} on {n - 1} df, needs {t_critical(n - 1):.3f}; "
-            f"sd {statistics.stdev(differences):.2f}): the interval {verdict}")
+            f"sd {std:.2f}): the interval {verdict}")
 
 
 def analyze(logs: Path) -> str:
@@ -98,9 +94,7 @@ def analyze(logs: Path) -> str:
     seeds = sorted({seed for arm, seed in runs if ("rope", seed) in runs and ("brope", seed) in runs})
     if not seeds:
         return "no finished pair yet"
-    keys = [key for key in runs["rope", seeds[0]] if key not in ("wall",)]
-    keys += [key for key in runs["brope", seeds[0]] if key not in keys and key != "wall"]
-    keys.append("wall")
+    keys = [key for key in {**runs["rope", seeds[0]], **runs["brope", seeds[0]]} if key != "wall"] + ["wall"]
     lines = ["| run | " + " | ".join(keys) + " |", "|---|" + "--:|" * len(keys)]
     for arm in ARMS:
         for seed in seeds:
