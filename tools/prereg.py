@@ -25,6 +25,7 @@ ARMS = ("rope", "brope")
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 EVAL_ROW = re.compile(rf"^\s*(\d+)((?:\s*\|\s*(?:{NUMBER}|nan))+)\s*$")  # a MetricsTable row: step | train_loss | eval_loss | wer | ...
 WER_COLUMN = 3
+ESCAPED = re.compile(r"^.*\x1b\[[0-9;]*[A-Za-z]")  # everything up to the last terminal escape of a line
 
 
 def read_log(path: Path) -> dict[str, float] | None:
@@ -41,7 +42,8 @@ def read_log(path: Path) -> dict[str, float] | None:
     run = {"test": float(overall.group(1))}
     for source, wer in re.findall(rf"test (\S+): WER ({NUMBER})%", text, re.M):
         run[f"test {source}"] = float(wer)
-    validation = [float(m.group(2).split("|")[WER_COLUMN].strip()) for m in map(EVAL_ROW.match, text.splitlines()) if m]
+    lines = [ESCAPED.sub("", line) for line in text.splitlines()]  # a table row may follow a progress bar's cursor-up on its line
+    validation = [float(m.group(2).split("|")[WER_COLUMN].strip()) for m in map(EVAL_ROW.match, lines) if m]
     if validation:
         run["best validation"] = 100 * min(validation)
     mixes = re.search(rf"^learned mixes: (\{{.*?\}}); training time ({NUMBER}) s", text, re.M)
