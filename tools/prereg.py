@@ -35,15 +35,15 @@ def read_log(path: Path) -> dict[str, float] | None:
     validation WER of the evaluation table, the one the saved model had), "training time" (seconds of
     trainer.train), "wall" (seconds of the whole run), and each learned mix by its name.
     """
-    text = "\n".join(path.read_text(errors="replace").splitlines())  # progress bars end their lines with \r
+    # Progress bars end their lines with \r, and a line after one may start with the bar and its cursor-up escape.
+    text = "\n".join(ESCAPED.sub("", line) for line in path.read_text(errors="replace").splitlines())
     overall = re.search(rf"test WER ({NUMBER})%", text, re.M)
     if overall is None:
         return None
     run = {"test": float(overall.group(1))}
     for source, wer in re.findall(rf"test (\S+): WER ({NUMBER})%", text, re.M):
         run[f"test {source}"] = float(wer)
-    lines = [ESCAPED.sub("", line) for line in text.splitlines()]  # a table row may follow a progress bar's cursor-up on its line
-    validation = [float(m.group(2).split("|")[WER_COLUMN].strip()) for m in map(EVAL_ROW.match, lines) if m]
+    validation = [float(m.group(2).split("|")[WER_COLUMN].strip()) for m in map(EVAL_ROW.match, text.splitlines()) if m]
     if validation:
         run["best validation"] = 100 * min(validation)
     mixes = re.search(rf"^learned mixes: (\{{.*?\}}); training time ({NUMBER}) s", text, re.M)
