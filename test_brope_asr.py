@@ -1999,6 +1999,12 @@ def test_prereg_analysis_pairs_finished_runs_by_seed_and_bounds_the_mean_differe
     (primary,) = [line for line in report.splitlines() if "(**primary**)" in line]
     assert primary.endswith("the interval includes 0")
     assert "| 40.00 |" in report and "| 45.00 |" in report  # the long strings join their runs
+    # The blended-attention test pairs its arm with the same plain runs, and leaves bRoPE's runs out.
+    (tmp_path / "blend_s11.log").write_text(log(14.5, [0.06], "'attention_blend': 0.52"))
+    blend = prereg.analyze(tmp_path, "blend")
+    assert "Pairs finished: 1 (seeds 11). blended attention − RoPE" in blend and "brope" not in blend
+    assert "- test (**primary**): +2.50; mean +2.50 (one pair: no test)" in blend and "| 0.520 |" in blend
+    assert prereg.analyze(tmp_path) == report
 
 
 def test_silent_clip_gives_finite_features_and_decodes(overfit_model):

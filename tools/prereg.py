@@ -1,13 +1,15 @@
-"""The pre-registered confirmatory test of bRoPE (README, "A confirmatory test of bRoPE, pre-registered").
+"""The pre-registered confirmatory tests of bRoPE and of blended attention (README, "A confirmatory test of ...").
 
 `tools/prereg.sh` trains the registered pairs (seeds 10-15, the default recipe without and with
-`--betweenness`) and keeps one log per run in `runs/prereg/logs/`; this script reads those logs
-once, after the last run, and prints the registered analysis as markdown:
+`--betweenness`, or with `--blend-attention`: the two tests share the plain runs) and keeps one log
+per run in `runs/prereg/logs/`; this script reads those logs once, after the last run, and prints
+the registered analysis as markdown:
 
-    bash tools/prereg.sh                # the runs (12-16 min each on 2 idle cores on 2026-12-02), resumable
-    python -m tools.prereg              # the analysis of whatever pairs have finished
+    bash tools/prereg.sh                # bRoPE's runs (12-16 min each on 2 idle cores on 2026-12-02), resumable
+    bash tools/prereg.sh blend          # blended attention's
+    python -m tools.prereg              # the analysis of whatever pairs have finished (--treatment blend: the second test)
 
-Primary endpoint: overall test WER, bRoPE - RoPE per seed; a two-sided paired t-test at 95%
+Primary endpoint: overall test WER, treatment - plain RoPE per seed; a two-sided paired t-test at 95%
 (bound t(0.975, n - 1) standard errors of the mean difference). Secondary, reported and not tested:
 WER per test source, best validation WER, training time, the gate at the end, and the 8-20-digit
 strings by length bucket (from `long_<run>.log`, written by `python -m tools.ablate --score-long`
@@ -21,7 +23,8 @@ from pathlib import Path
 
 from tools.ablate import paired_bound, t_critical
 
-ARMS = ("rope", "brope")
+TREATMENTS = {"brope": "bRoPE", "blend": "blended attention"}  # a treatment arm's run-name prefix: its name in the report
+MIXES = ("betweenness_gate", "attention_blend", "input_blend")  # learned values: shown, not differenced
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 EVAL_ROW = re.compile(rf"^\s*(\d+)((?:\s*\|\s*(?:{NUMBER}|nan))+)\s*$")  # a MetricsTable row: step | train_loss | eval_loss | wer | ...
 WER_COLUMN = 3
@@ -80,10 +83,11 @@ def paired(differences: list[float]) -> str:
             f"sd {std:.2f}): the interval {verdict}")
 
 
-def analyze(logs: Path) -> str:
-    """The registered analysis of every finished pair in `logs`, as markdown."""
+def analyze(logs: Path, treatment: str = "brope") -> str:
+    """The registered analysis of every finished pair (plain RoPE, `treatment`) in `logs`, as markdown."""
+    arms = ("rope", treatment)
     runs = {}
-    for arm in ARMS:
+    for arm in arms:
         for path in sorted(logs.glob(f"{arm}_s*.log")):
             seed = int(path.stem.split("_s")[1])
             run = read_log(path)
@@ -93,23 +97,23 @@ def analyze(logs: Path) -> str:
         arm, _, seed = name.partition("_s")
         if (arm, int(seed)) in runs:
             runs[arm, int(seed)].update(scores)
-    seeds = sorted({seed for arm, seed in runs if ("rope", seed) in runs and ("brope", seed) in runs})
+    seeds = sorted({seed for arm, seed in runs if ("rope", seed) in runs and (treatment, seed) in runs})
     if not seeds:
         return "no finished pair yet"
-    keys = [key for key in {**runs["rope", seeds[0]], **runs["brope", seeds[0]]} if key != "wall"] + ["wall"]
+    keys = [key for key in {**runs["rope", seeds[0]], **runs[treatment, seeds[0]]} if key != "wall"] + ["wall"]
     lines = ["| run | " + " | ".join(keys) + " |", "|---|" + "--:|" * len(keys)]
-    for arm in ARMS:
+    for arm in arms:
         for seed in seeds:
             run = runs[arm, seed]
-            cells = [f"{run[key]:.{3 if key == 'betweenness_gate' else 2}f}" if key in run else "–" for key in keys]
+            cells = [f"{run[key]:.{3 if key in MIXES else 2}f}" if key in run else "–" for key in keys]
             lines.append(f"| {arm}, seed {seed} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Pairs finished: {len(seeds)} (seeds {', '.join(map(str, seeds))}). bRoPE − RoPE per seed:")
+    lines.append(f"Pairs finished: {len(seeds)} (seeds {', '.join(map(str, seeds))}). {TREATMENTS[treatment]} − RoPE per seed:")
     lines.append("")
     for key in keys:
-        if key == "betweenness_gate" or not all(key in runs[arm, seed] for arm in ARMS for seed in seeds):
+        if key in MIXES or not all(key in runs[arm, seed] for arm in arms for seed in seeds):
             continue
-        differences = [runs["brope", seed][key] - runs["rope", seed][key] for seed in seeds]
+        differences = [runs[treatment, seed][key] - runs["rope", seed][key] for seed in seeds]
         role = "**primary**" if key == "test" else "secondary"
         lines.append(f"- {key} ({role}): " + ", ".join(f"{d:+.2f}" for d in differences) + f"; {paired(differences)}")
     return "\n".join(lines)
@@ -118,7 +122,10 @@ def analyze(logs: Path) -> str:
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--logs", type=Path, default=Path("runs/prereg/logs"), help="the folder of the runs' logs")
-    report = analyze(parser.parse_args(argv).logs)
+    parser.add_argument("--treatment", choices=TREATMENTS, default="brope",
+                        help="the test: brope (--betweenness) or blend (--blend-attention), each against the plain runs")
+    args = parser.parse_args(argv)
+    report = analyze(args.logs, args.treatment)
     print(report)
     return report
 

@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# The pre-registered confirmatory runs (README, "A confirmatory test of bRoPE, pre-registered");
-# `python -m tools.prereg` analyzes them. Resumable: a run whose log holds its test WER is not trained
-# again. Each run is scored on the 8-20-digit strings right after it trains (run folders do not
+# The pre-registered confirmatory runs (README, "A confirmatory test of bRoPE, pre-registered", and
+# "... of blended attention"): `bash tools/prereg.sh` (bRoPE) or `bash tools/prereg.sh blend`;
+# `python -m tools.prereg [--treatment blend]` analyzes them. Both tests share the plain arm (rope_s*).
+# Resumable: a run whose log holds its test WER is not trained again. Each run is scored on the 8-20-digit strings right after it trains (run folders do not
 # outlive their machine), and each log is committed as soon as it is written, so results do.
+treatment=${1:-brope}
+case $treatment in
+  brope) flag=--betweenness ;;
+  blend) flag=--blend-attention ;;
+  *) echo "usage: bash tools/prereg.sh [brope|blend]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 logs=runs/prereg/logs
 mkdir -p $logs
@@ -14,10 +21,10 @@ commit_log() {
 }
 [ -d runs/long8_20 ] || python -m tools.make_corpus --long 200 --out runs/long8_20 > $logs/make_long.log 2>&1
 for s in 10 11 12 13 14 15; do
-  for arm in rope brope; do
+  for arm in rope $treatment; do
     run=${arm}_s$s; log=$logs/$run.log
     if ! grep -q 'test WER' "$log" 2>/dev/null; then
-      extra=""; [ $arm = brope ] && extra="--betweenness"
+      extra=""; [ $arm = $treatment ] && extra=$flag
       echo "$(date -u +%FT%TZ) start $run" >> $logs/status
       t0=$(date +%s)
       python train_hf.py --seed $s $extra --output-dir runs/prereg/$run > "$log" 2>&1
@@ -33,4 +40,4 @@ for s in 10 11 12 13 14 15; do
     fi
   done
 done
-echo "$(date -u +%FT%TZ) ALLDONE" >> $logs/status
+echo "$(date -u +%FT%TZ) ALLDONE $treatment" >> $logs/status
