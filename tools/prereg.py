@@ -11,7 +11,7 @@ the registered analysis as markdown:
 
 Primary endpoint: overall test WER, treatment - plain RoPE per seed; a two-sided paired t-test at 95%
 (bound t(0.975, n - 1) standard errors of the mean difference). Secondary, reported and not tested:
-WER per test source, best validation WER, training time, the gate at the end, and the 8-20-digit
+WER per test source, best validation WER, training time, the learned mix at the end, and the 8-20-digit
 strings by length bucket (from `long_<run>.log`, written by `python -m tools.ablate --score-long`
 right after each run trains).
 """

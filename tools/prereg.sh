@@ -2,8 +2,9 @@
 # The pre-registered confirmatory runs (README, "A confirmatory test of bRoPE, pre-registered", and
 # "... of blended attention"): `bash tools/prereg.sh` (bRoPE) or `bash tools/prereg.sh blend`;
 # `python -m tools.prereg [--treatment blend]` analyzes them. Both tests share the plain arm (rope_s*).
-# Resumable: a run whose log holds its test WER is not trained again. Each run is scored on the 8-20-digit strings right after it trains (run folders do not
-# outlive their machine), and each log is committed as soon as it is written, so results do.
+# Resumable: a run whose log holds its test WER is not trained again. Each run is scored on the
+# 8-20-digit strings right after it trains (run folders do not outlive their machine), and each log
+# is committed as soon as it is written, so results do.
 treatment=${1:-brope}
 case $treatment in
   brope) flag=--betweenness ;;
