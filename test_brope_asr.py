@@ -2012,7 +2012,13 @@ def test_prereg_analysis_pairs_finished_runs_by_seed_and_bounds_the_mean_differe
     blend = prereg.analyze(tmp_path, "blend")
     assert "Pairs finished: 1 (seeds 11). blended attention − RoPE" in blend and "brope" not in blend
     assert "- test (**primary**): +2.50; mean +2.50 (one pair: no test)" in blend and "| 0.520 |" in blend
-    assert prereg.analyze(tmp_path) == report
+    # The combined arm's runs (brope_blend_s*) are neither bRoPE's nor blended attention's.
+    (tmp_path / "brope_blend_s12.log").write_text(log(7.0, [0.03], "'attention_blend': 0.55, 'betweenness_gate': 0.02"))
+    (tmp_path / "long_brope_blend_s12.log").write_text("runs/prereg/brope_blend_s12: long_wer 50.00%\n")
+    both = prereg.analyze(tmp_path, "brope_blend")
+    assert "Pairs finished: 1 (seeds 12). bRoPE with blended attention − RoPE" in both and "| 50.00 |" in both
+    assert "- test (**primary**): -4.00; mean -4.00 (one pair: no test)" in both
+    assert prereg.analyze(tmp_path) == report and prereg.analyze(tmp_path, "blend") == blend
 
 
 def test_silent_clip_gives_finite_features_and_decodes(overfit_model):

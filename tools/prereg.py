@@ -1,13 +1,14 @@
-"""The pre-registered confirmatory tests of bRoPE and of blended attention (README, "A confirmatory test of ...").
+"""The pre-registered confirmatory tests of bRoPE, of blended attention and of the two together (README, "A confirmatory test of ...").
 
 `tools/prereg.sh` trains the registered pairs (seeds 10-15, the default recipe without and with
-`--betweenness`, or with `--blend-attention`: the two tests share the plain runs) and keeps one log
+`--betweenness`, with `--blend-attention`, or with both: the tests share the plain runs) and keeps one log
 per run in `runs/prereg/logs/`; this script reads those logs once, after the last run, and prints
 the registered analysis as markdown:
 
     bash tools/prereg.sh                # bRoPE's runs (12-16 min each on 2 idle cores on 2026-12-02), resumable
     bash tools/prereg.sh blend          # blended attention's
-    python -m tools.prereg              # the analysis of whatever pairs have finished (--treatment blend: the second test)
+    bash tools/prereg.sh brope_blend    # the two together
+    python -m tools.prereg              # the analysis of whatever pairs have finished (--treatment blend|brope_blend: the others)
 
 Primary endpoint: overall test WER, treatment - plain RoPE per seed; a two-sided paired t-test at 95%
 (bound t(0.975, n - 1) standard errors of the mean difference). Secondary, reported and not tested:
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from tools.ablate import paired_bound, t_critical
 
-TREATMENTS = {"brope": "bRoPE", "blend": "blended attention"}  # a treatment arm's run-name prefix: its name in the report
+TREATMENTS = {"brope": "bRoPE", "blend": "blended attention", "brope_blend": "bRoPE with blended attention"}  # a treatment arm's run-name prefix: its name in the report
 MIXES = ("betweenness_gate", "attention_blend", "input_blend")  # learned values: shown, not differenced
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 EVAL_ROW = re.compile(rf"^\s*(\d+)((?:\s*\|\s*(?:{NUMBER}|nan))+)\s*$")  # a MetricsTable row: step | train_loss | eval_loss | wer | ...
@@ -123,7 +124,8 @@ def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--logs", type=Path, default=Path("runs/prereg/logs"), help="the folder of the runs' logs")
     parser.add_argument("--treatment", choices=TREATMENTS, default="brope",
-                        help="the test: brope (--betweenness) or blend (--blend-attention), each against the plain runs")
+                        help="the test: brope (--betweenness), blend (--blend-attention) or brope_blend (both flags), "
+                             "each against the plain runs")
     args = parser.parse_args(argv)
     report = analyze(args.logs, args.treatment)
     print(report)

@@ -9,7 +9,8 @@ treatment=${1:-brope}
 case $treatment in
   brope) flag=--betweenness ;;
   blend) flag=--blend-attention ;;
-  *) echo "usage: bash tools/prereg.sh [brope|blend]" >&2; exit 2 ;;
+  brope_blend) flag="--betweenness --blend-attention" ;;
+  *) echo "usage: bash tools/prereg.sh [brope|blend|brope_blend]" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
 logs=runs/prereg/logs
