@@ -1988,7 +1988,7 @@ def test_prereg_analysis_pairs_finished_runs_by_seed_and_bounds_the_mean_differe
                           for k, v in enumerate(validation, 1))
         return (f"clips: x\n  0%| | 0/2000\r 50%| | 1000/2000\n      step | train_loss | eval_loss | wer | cer\n{table}\n"
                 f"learned mixes: {{{gate}}}; training time 600 s; best validation WER at step 200\n"
-                f"test lucas: WER {wer + 5:.2f}% (CER 9.00%) on 200 clips\ntest WER {wer:.2f}% (CER 4.00%) on 600 clips\nWALL 650 s rc=0\n")
+                f"test fsdd: WER {wer + 5:.2f}% (CER 9.00%) on 200 clips\ntest WER {wer:.2f}% (CER 4.00%) on 600 clips\nWALL 650 s rc=0\n")
 
     for seed, (rope, brope) in zip((10, 11, 12), ((10.0, 8.0), (12.0, 11.0), (11.0, 8.0))):
         (tmp_path / f"rope_s{seed}.log").write_text(log(rope, [0.09, 0.05, 0.07]))
@@ -1998,7 +1998,7 @@ def test_prereg_analysis_pairs_finished_runs_by_seed_and_bounds_the_mean_differe
     (tmp_path / "long_rope_s10.log").write_text("runs/prereg/rope_s10: long_wer 40.00%\n")
     (tmp_path / "long_brope_s10.log").write_text("runs/prereg/brope_s10: long_wer 45.00%, long_8_10 30.00%\n")
     run = prereg.read_log(tmp_path / "brope_s10.log")
-    assert run == {"test": 8.0, "test lucas": 13.0, "best validation": 4.0, "betweenness_gate": 0.05, "training time": 600.0, "wall": 650.0}
+    assert run == {"test": 8.0, "test fsdd": 13.0, "best validation": 4.0, "betweenness_gate": 0.05, "training time": 600.0, "wall": 650.0}
     assert prereg.read_log(tmp_path / "brope_s13.log") is None
     report = prereg.analyze(tmp_path)
     assert "seeds 10, 11, 12)" in report and "seed 13" not in report
@@ -2019,6 +2019,12 @@ def test_prereg_analysis_pairs_finished_runs_by_seed_and_bounds_the_mean_differe
     assert "Pairs finished: 1 (seeds 12). bRoPE with blended attention − RoPE" in both and "| 50.00 |" in both
     assert "- test (**primary**): -4.00; mean -4.00 (one pair: no test)" in both
     assert prereg.analyze(tmp_path) == report and prereg.analyze(tmp_path, "blend") == blend
+    # One seed a row: RoPE / treatment per cell, the mixes, the whole run, then mean ± std (blanks for the mixes).
+    table = prereg.by_seed(tmp_path).splitlines()
+    assert table[0] == "| seed | test WER, RoPE / bRoPE | lucas | best validation | gate | whole run (s) |"
+    assert table[2] == "| 10 | 10.00 / 8.00 | 15.00 / 13.00 | 5.00 / 4.00 | +0.050 | 650 / 650 |"
+    assert table[-1] == "| mean ± std of 3 | 11.00 ± 1.00 / 9.00 ± 1.73 | 16.00 ± 1.00 / 14.00 ± 1.73 | 5.00 ± 0.00 / 4.00 ± 0.00 | | 650 ± 0 / 650 ± 0 |"
+    assert len(table) == 2 + 3 + 1 and prereg.by_seed(tmp_path, "brope_blend").splitlines()[2].startswith("| 12 | 11.00 / 7.00 |")
 
 
 def test_silent_clip_gives_finite_features_and_decodes(overfit_model):

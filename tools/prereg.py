@@ -20,11 +20,18 @@ right after each run trains).
 import argparse
 import ast
 import re
+import statistics
 from pathlib import Path
 
 from tools.ablate import paired_bound, t_critical
 
 TREATMENTS = {"brope": "bRoPE", "blend": "blended attention", "brope_blend": "bRoPE with blended attention"}  # a treatment arm's run-name prefix: its name in the report
+SHORT = {"brope": "bRoPE", "blend": "blended", "brope_blend": "combined"}  # its name in a table's heading
+# The by-seed table's columns (README's layout): key, heading; long-string columns, then the learned mixes.
+BY_SEED = [("test", "test WER, RoPE / {arm}"), ("test espeak-ng", "espeak-ng"), ("test fsdd", "lucas"),
+           ("best validation", "best validation"), ("long_wer", "8–20 digits"), ("long_wer_8_10", "8–10"),
+           ("long_wer_11_14", "11–14"), ("long_wer_15_20", "15–20")]
+MIX_HEADINGS = {"betweenness_gate": "gate", "attention_blend": "cosine share", "input_blend": "spectrogram share"}
 MIXES = ("betweenness_gate", "attention_blend", "input_blend")  # learned values: shown, not differenced
 NUMBER = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
 EVAL_ROW = re.compile(rf"^\s*(\d+)((?:\s*\|\s*(?:{NUMBER}|nan))+)\s*$")  # a MetricsTable row: step | train_loss | eval_loss | wer | ...
@@ -84,11 +91,10 @@ def paired(differences: list[float]) -> str:
             f"sd {std:.2f}): the interval {verdict}")
 
 
-def analyze(logs: Path, treatment: str = "brope") -> str:
-    """The registered analysis of every finished pair (plain RoPE, `treatment`) in `logs`, as markdown."""
-    arms = ("rope", treatment)
+def collect(logs: Path, treatment: str) -> dict[tuple[str, int], dict[str, float]]:
+    """Every finished run of the plain arm and of `treatment` in `logs`, with its long-string scores: {(arm, seed): numbers}."""
     runs = {}
-    for arm in arms:
+    for arm in ("rope", treatment):
         for path in sorted(logs.glob(f"{arm}_s*.log")):
             seed = int(path.stem.split("_s")[1])
             run = read_log(path)
@@ -98,6 +104,13 @@ def analyze(logs: Path, treatment: str = "brope") -> str:
         arm, _, seed = name.partition("_s")
         if (arm, int(seed)) in runs:
             runs[arm, int(seed)].update(scores)
+    return runs
+
+
+def analyze(logs: Path, treatment: str = "brope") -> str:
+    """The registered analysis of every finished pair (plain RoPE, `treatment`) in `logs`, as markdown."""
+    arms = ("rope", treatment)
+    runs = collect(logs, treatment)
     seeds = sorted({seed for arm, seed in runs if ("rope", seed) in runs and (treatment, seed) in runs})
     if not seeds:
         return "no finished pair yet"
@@ -120,14 +133,47 @@ def analyze(logs: Path, treatment: str = "brope") -> str:
     return "\n".join(lines)
 
 
+def by_seed(logs: Path, treatment: str = "brope") -> str:
+    """The finished pairs one seed a row, as the README lays them out: RoPE / treatment per cell, the
+    treatment's learned mixes, the whole run's seconds, and a last row of mean ± std (the per-length
+    columns and the mixes left blank there)."""
+    runs = collect(logs, treatment)
+    seeds = sorted({seed for arm, seed in runs if ("rope", seed) in runs and (treatment, seed) in runs})
+    if not seeds:
+        return "no finished pair yet"
+    pairs = [(runs["rope", seed], runs[treatment, seed]) for seed in seeds]
+    columns = [(key, heading.format(arm=SHORT[treatment])) for key, heading in BY_SEED if all(key in run for pair in pairs for run in pair)]
+    mixes = [key for key in MIXES if all(key in treated for _, treated in pairs)]
+    headings = [heading for _, heading in columns] + [MIX_HEADINGS[key] for key in mixes] + ["whole run (s)"]
+    lines = ["| seed | " + " | ".join(headings) + " |", "|---|" + "--:|" * len(headings)]
+    for seed, (plain, treated) in zip(seeds, pairs):
+        cells = [f"{plain[key]:.2f} / {treated[key]:.2f}" for key, _ in columns]
+        cells += [f"{treated[key]:{'+' if key == 'betweenness_gate' else ''}.3f}" for key in mixes]
+        cells.append(f"{plain['wall']:.0f} / {treated['wall']:.0f}" if "wall" in plain and "wall" in treated else "–")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+
+    def spread(key: str, digits: int) -> str:
+        values = [[plain[key] for plain, _ in pairs], [treated[key] for _, treated in pairs]]
+        if len(seeds) < 2:
+            return " / ".join(f"{arm[0]:.{digits}f}" for arm in values)
+        return " / ".join(f"{statistics.mean(arm):.{digits}f} ± {statistics.stdev(arm):.{digits}f}" for arm in values)
+
+    summary = [spread(key, 2) if not key.startswith("long_wer_") else "" for key, _ in columns] + [""] * len(mixes)
+    summary.append(spread("wall", 0) if all("wall" in run for pair in pairs for run in pair) else "")
+    lines.append("|" + "|".join(f" {cell} " if cell else " " for cell in [f"mean ± std of {len(seeds)}", *summary]) + "|")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--logs", type=Path, default=Path("runs/prereg/logs"), help="the folder of the runs' logs")
     parser.add_argument("--treatment", choices=TREATMENTS, default="brope",
                         help="the test: brope (--betweenness), blend (--blend-attention) or brope_blend (both flags), "
                              "each against the plain runs")
+    parser.add_argument("--by-seed", action="store_true",
+                        help="print the pairs one seed a row with their means (the README's table) instead of the analysis")
     args = parser.parse_args(argv)
-    report = analyze(args.logs, args.treatment)
+    report = (by_seed if args.by_seed else analyze)(args.logs, args.treatment)
     print(report)
     return report
 
