@@ -23,7 +23,7 @@ and 6 are timed as interleaved pairs: ours and the anchor back to back, the rati
 pairwise ratios.
 
 `--long-audio RUN_DIR` measures something else, on a trained model: recordings of 1, 5 and 20
-minutes made by joining the test split's clips (`--split` another) (seeded order, pauses of 0.3-0.7 s of silence) are
+minutes (`--minutes` others) made by joining the test split's clips (`--split` another) (seeded order, pauses of 0.3-0.7 s of silence) are
 transcribed by `transcribe` in windows cut at pauses; it prints WER against the joined transcripts,
 the WER of the same clips decoded one by one, the real-time factor and the process's peak memory.
 
@@ -942,6 +942,35 @@ print(json.dumps({"text": text, "seconds": elapsed, "loaded": loaded, "peak": st
                   "settled": settled or [status("VmRSS")]}))
 """
 
+# The most one batch of `transcribe_file` can hold: `batch` windows of the full window length, cut from
+# the split's clips joined back to back (cycled if they are too few), each decoded to its token limit (eos suppressed, so no window
+# stops early; generate's length bound still ends it). Its peak bounds every file's.
+WORST_BATCH = """
+import json, sys
+import torch
+from transformers import LogitsProcessor, PreTrainedTokenizerFast
+from brope_asr import BRoPEASRFeatureExtractor, BRoPEASRForConditionalGeneration, SAMPLE_RATE, load_audio
+run_dir, window, threads, batch = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+model = BRoPEASRForConditionalGeneration.from_pretrained(run_dir).eval()
+def status(field):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) * 1024 for line in lines if line.startswith(field + ":"))
+class NoEos(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        scores[:, model.config.eos_token_id] = -float("inf")
+        return scores
+audio = torch.cat([load_audio(path) for path in sys.argv[5:]])
+length = int(window * SAMPLE_RATE)
+audio = audio.repeat(-(-batch * length // len(audio)))  # the clips again, if they are fewer than the batch holds
+windows = [audio[i * length : (i + 1) * length] for i in range(batch)]
+loaded = status("VmHWM")
+inputs = BRoPEASRFeatureExtractor.from_model_config(model.config)(windows, sampling_rate=SAMPLE_RATE)
+with torch.no_grad():
+    tokens = model.generate(**inputs, logits_processor=[NoEos()])
+print(json.dumps({"loaded": loaded, "peak": status("VmHWM"), "tokens": tokens.shape[1] - 1}))
+"""
+
 
 def long_audio_report(
     run_dir: str,
@@ -1013,6 +1042,17 @@ def long_audio_report(
             f"{measured['seconds'] / seconds:.4f} | {bytes_text(measured['loaded'])} / {bytes_text(measured['peak'])} | "
             f"{' / '.join(bytes_text(b) for b in (settled[0], settled[-1], max(settled)))} |"
         )
+    batch = 32  # transcribe_file's default
+    paths = [str(Path(data_dir) / row["file_name"]) for row in rows]
+    result = subprocess.run(
+        [sys.executable, "-c", WORST_BATCH, run_dir, str(window), str(torch.get_num_threads()), str(batch), *paths],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
+    )
+    worst = json.loads(result.stdout.strip().splitlines()[-1])
+    lines.append(
+        f"| the bound: one batch of {batch} windows of {window:.1f} s, each decoded to its limit "
+        f"({worst['tokens']} tokens) | | | | {bytes_text(worst['loaded'])} / {bytes_text(worst['peak'])} | |"
+    )
     return "\n".join(lines)
 
 
@@ -1031,6 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long-audio", metavar="RUN_DIR", help="instead: long recordings through this trained model")
     parser.add_argument("--window-seconds", type=float, help="with --long-audio: the longest window (default: the model's)")
     parser.add_argument("--split", default="test", help="with --long-audio: the split whose clips are joined")
+    parser.add_argument("--minutes", type=lambda spec: tuple(float(n) for n in spec.split(",")), default=(1, 5, 20),
+                        metavar="M,M", help="with --long-audio: the recordings' lengths in minutes (default 1,5,20)")
     parser.add_argument("--padding", action="store_true", help="instead: padding in training batches, random vs length-grouped vs planned and sorted")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -1046,7 +1088,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out).write_text(report + "\n")
         return 0
     if args.long_audio:
-        report = long_audio_report(args.long_audio, max_window_seconds=args.window_seconds, split=args.split)
+        report = long_audio_report(args.long_audio, args.minutes, max_window_seconds=args.window_seconds, split=args.split)
         print(report)
         if args.out:
             Path(args.out).write_text(report + "\n")
