@@ -1233,6 +1233,10 @@ def test_long_audio_report_joins_test_clips_and_scores_against_their_transcripts
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert cells[2] == "0.00%"  # its clips one by one: the reference is exactly their transcripts joined
     assert float(cells[1].rstrip("%")) >= 0 and float(cells[3]) > 0 and " / " in cells[4]  # file WER, RTF, memory
+    # The bound: one batch of full 1.5-s windows, every one decoded to its duration limit (eos never ends it early).
+    limit = int(brope_asr.duration_token_limits(torch.tensor([int(1.5 * SAMPLE_RATE) // brope_asr.HOP_LENGTH]), model.config))
+    (bound,) = [line for line in report.splitlines() if line.startswith("| the bound:")]
+    assert f"32 windows of 1.5 s, each decoded to its limit ({limit} tokens)" in bound and " / " in bound
 
 
 def test_speech_windows_cut_in_the_middle_of_pauses_and_fit_the_limit():
