@@ -30,6 +30,8 @@ References:
 [9] Park et al., SpecAugment, arXiv:1904.08779
 [10] Atal, Effectiveness of linear prediction characteristics of the speech wave for automatic speaker
     identification and verification, JASA 1974 (cepstral mean normalization)
+[11] Viikki and Laurila, Cepstral domain segmental feature vector normalization for noise robust
+    speech recognition, Speech Communication 1998 (mean and variance normalization)
 """
 
 import argparse
@@ -104,6 +106,7 @@ __all__ = [
 SAMPLE_RATE = 16000  # Hz, Whisper's rate; every clip is resampled to it
 N_FFT = 400  # 25 ms analysis window at 16 kHz, as Whisper
 HOP_LENGTH = 160  # 10 ms hop at 16 kHz: 100 mel frames per second, as Whisper
+FEATURE_VARIANCE_FLOOR = 0.05**2  # log-mel units (1 = 40 dB): a bin steadier than 2 dB over a clip is not blown up
 LOG_MEL_FLOOR_DB = 8.0  # in log10 power: an 80 dB dynamic range below the clip's peak, as Whisper
 WAVEFORM_STRIDES = (5, 4, 4, 2)  # product 160 = HOP_LENGTH, so both front ends share one frame grid
 
@@ -148,6 +151,7 @@ class BRoPEASRConfig(PreTrainedConfig):
     use_cache: bool = True  # generate with a key/value cache
     input_mode: Literal["spectrogram", "waveform", "both"] = "spectrogram"  # encoder input(s)
     normalize_features: bool = False  # subtract each clip's mean log-mel per bin (cepstral mean normalization [10])
+    normalize_feature_variance: bool = False  # also divide each bin by its std over the clip [11] (needs normalize_features)
     spectrogram_max_hz: float | None = None  # the spectrogram front end reads only the mel bins centred below this (None: all)
     downsampling_factor: int = 2  # mel frames per encoder frame: log2 of it stride-2 convolutions (Whisper [2]: 2)
     absolute_encoder_positions: bool = False  # add Whisper's sinusoidal positions to the encoder states (see `sinusoids`)
@@ -207,6 +211,8 @@ class BRoPEASRConfig(PreTrainedConfig):
             raise ValueError(f"downsampling_factor must be 1, 2, 4 or 8 (stride-2 steps), got {self.downsampling_factor}")
         if self.spectrogram_max_hz is not None and not 0 < self.spectrogram_max_hz <= SAMPLE_RATE / 2:
             raise ValueError(f"spectrogram_max_hz must be in (0, {SAMPLE_RATE // 2}] Hz or None, got {self.spectrogram_max_hz}")
+        if self.normalize_feature_variance and not self.normalize_features:
+            raise ValueError("normalize_feature_variance=True needs normalize_features=True (the variance is about the clip's mean)")
         if self.betweenness_offset < 1:
             raise ValueError(f"betweenness_offset must be >= 1, got {self.betweenness_offset}")
         if not self.max_tokens_per_second > 0:
@@ -981,7 +987,7 @@ def _key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
 
 class SpectrogramFrontEnd(nn.Module):
     """Log-mel -> D channels at 100 frames/s: the bins below `spectrogram_max_hz`, optionally each bin's
-    mean over the clip removed [10], a convolution, a residual dilated depthwise-separable
+    mean over the clip removed [10] (and, optionally, each bin scaled to unit variance [11]), a convolution, a residual dilated depthwise-separable
     convolution, and squeeze-and-excitation [4] whose pooling averages real frames only.
 
     With `spectrogram_max_hz` = 4000 (the small preset) the model hears the telephone band only, so
@@ -996,6 +1002,7 @@ class SpectrogramFrontEnd(nn.Module):
         super().__init__()
         width = config.d_model
         self.normalize = config.normalize_features
+        self.normalize_variance = config.normalize_feature_variance
         self.bins = mel_bins_below(config.num_mel_bins, config.spectrogram_max_hz)
         self.conv_in = nn.Conv1d(self.bins, width, kernel_size=3, padding=1)
         self.depthwise = nn.Conv1d(width, width, kernel_size=3, padding=2, dilation=2, groups=width)
@@ -1014,8 +1021,12 @@ class SpectrogramFrontEnd(nn.Module):
         """
         features = features[:, : self.bins]  # (B, M', T): the band below spectrogram_max_hz
         keep = valid[:, None, :].to(features.dtype)
+        frames = keep.sum(-1, keepdim=True)  # (B, 1, 1)
         if self.normalize:  # a fixed channel (microphone, gain, spectral tilt) adds a constant per bin: remove it
-            features = features - (features * keep).sum(-1, keepdim=True) / keep.sum(-1, keepdim=True)  # (B, M, T)
+            features = features - (features * keep).sum(-1, keepdim=True) / frames  # (B, M, T)
+        if self.normalize_variance:  # a channel's dynamic range (level over its noise floor) scales each bin: undo it
+            variance = (features.square() * keep).sum(-1, keepdim=True) / frames  # (B, M, 1), about the mean removed above
+            features = features * torch.rsqrt(variance + FEATURE_VARIANCE_FLOOR)
         h = F.gelu(self.conv_in(features * keep)) * keep
         h = h + F.gelu(self.pointwise(self.depthwise(h))) * keep
         pooled = h.sum(-1) / keep.sum(-1)

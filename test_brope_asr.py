@@ -707,7 +707,7 @@ def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, downsampling_fa
     torch.manual_seed(0)
     model = move_off_init(
         tiny_model(input_mode=input_mode, downsampling_factor=downsampling_factor, use_betweenness=True,
-                   blend_attention=True, normalize_features=True,  # the clip mean must not see padding either
+                   blend_attention=True, normalize_features=True, normalize_feature_variance=True,  # the clip statistics must not see padding either
                    absolute_encoder_positions=True)
     )
     short, long = random_clips(9 * 160 + 37, 20 * 160)  # 9 frames: odd, the downsampling edge case
@@ -759,6 +759,22 @@ def test_feature_normalization_makes_outputs_independent_of_gain():
             assert_close(loud, quiet, atol=1e-4)
         else:
             assert (loud - quiet).abs().max() > 1e-2
+
+
+def test_feature_variance_normalization_makes_outputs_independent_of_dynamic_range():
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(normalize_features=True, normalize_feature_variance=True))
+    features = torch.randn(1, model.config.num_mel_bins, 30)  # each bin's std about 1, far above the 0.05 floor
+    ids = decoder_ids(1, 7)
+    logits = {scale: model(input_features=scale * features + 0.3, decoder_input_ids=ids).logits
+              for scale in (1.0, 3.0)}  # 3.0: every bin's range tripled, as on a quieter channel's floor
+    # Not exact: the floor adds 0.0025 to variances of 1 and 9 (a 0.1% scale error); a missed division moves them by 1 and more.
+    assert_close(logits[3.0], logits[1.0], atol=1e-2)
+    plain = move_off_init(tiny_model(normalize_features=True))
+    moved = [plain(input_features=scale * features, decoder_input_ids=ids).logits for scale in (1.0, 3.0)]
+    assert (moved[0] - moved[1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="needs normalize_features"):
+        tiny_config(normalize_features=False, normalize_feature_variance=True)
 
 
 # -------------------------------------------------------------------------------------- CTC and building

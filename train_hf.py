@@ -1153,6 +1153,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--blend-attention", action=argparse.BooleanOptionalAction, default=False, help="dot/cosine blend")
     model.add_argument("--ctc-weight", type=float, default=0.0, help="weight of the auxiliary CTC loss (0 = off)")
     model.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, help="per-clip log-mel mean removal (default: the preset's)")
+    model.add_argument("--normalize-variance", action=argparse.BooleanOptionalAction,
+                       help="per-clip log-mel variance normalization too, each bin to unit std (default: the preset's)")
     model.add_argument("--absolute-positions", action=argparse.BooleanOptionalAction, default=None,
                        help="add sinusoidal absolute positions to the encoder states (default: the preset's)")
     model.add_argument("--spectrogram-max-hz", type=float, metavar="HZ",
@@ -1257,6 +1259,7 @@ def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
         **({"dropout": args.dropout} if args.dropout is not None else {}),
         **({"absolute_encoder_positions": args.absolute_positions} if args.absolute_positions is not None else {}),
         **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
+        **({"normalize_feature_variance": args.normalize_variance} if args.normalize_variance is not None else {}),
         **({"spectrogram_max_hz": args.spectrogram_max_hz or None} if args.spectrogram_max_hz is not None else {}),
     )
 
