@@ -152,6 +152,7 @@ class BRoPEASRConfig(PreTrainedConfig):
     input_mode: Literal["spectrogram", "waveform", "both"] = "spectrogram"  # encoder input(s)
     normalize_features: bool = False  # subtract each clip's mean log-mel per bin (cepstral mean normalization [10])
     normalize_feature_variance: bool = False  # also divide each bin by its std over the clip [11] (needs normalize_features)
+    spectrogram_floor_db: float | None = None  # the spectrogram front end raises every cell to the clip's loudest minus this (None: Whisper's 80 dB)
     spectrogram_max_hz: float | None = None  # the spectrogram front end reads only the mel bins centred below this (None: all)
     downsampling_factor: int = 2  # mel frames per encoder frame: log2 of it stride-2 convolutions (Whisper [2]: 2)
     absolute_encoder_positions: bool = False  # add Whisper's sinusoidal positions to the encoder states (see `sinusoids`)
@@ -213,6 +214,8 @@ class BRoPEASRConfig(PreTrainedConfig):
             raise ValueError(f"spectrogram_max_hz must be in (0, {SAMPLE_RATE // 2}] Hz or None, got {self.spectrogram_max_hz}")
         if self.normalize_feature_variance and not self.normalize_features:
             raise ValueError("normalize_feature_variance=True needs normalize_features=True (the variance is about the clip's mean)")
+        if self.spectrogram_floor_db is not None and not 0 < self.spectrogram_floor_db <= 10 * LOG_MEL_FLOOR_DB:
+            raise ValueError(f"spectrogram_floor_db must be in (0, {10 * LOG_MEL_FLOOR_DB:g}] dB or None, got {self.spectrogram_floor_db}")
         if self.betweenness_offset < 1:
             raise ValueError(f"betweenness_offset must be >= 1, got {self.betweenness_offset}")
         if not self.max_tokens_per_second > 0:
@@ -1003,6 +1006,7 @@ class SpectrogramFrontEnd(nn.Module):
         width = config.d_model
         self.normalize = config.normalize_features
         self.normalize_variance = config.normalize_feature_variance
+        self.floor = None if config.spectrogram_floor_db is None else config.spectrogram_floor_db / 40.0  # log-mel unit: 40 dB
         self.bins = mel_bins_below(config.num_mel_bins, config.spectrogram_max_hz)
         self.conv_in = nn.Conv1d(self.bins, width, kernel_size=3, padding=1)
         self.depthwise = nn.Conv1d(width, width, kernel_size=3, padding=2, dilation=2, groups=width)
@@ -1022,6 +1026,9 @@ class SpectrogramFrontEnd(nn.Module):
         features = features[:, : self.bins]  # (B, M', T): the band below spectrogram_max_hz
         keep = valid[:, None, :].to(features.dtype)
         frames = keep.sum(-1, keepdim=True)  # (B, 1, 1)
+        if self.floor is not None:  # digital silence (synthetic speech) and a room's noise floor end up at one level
+            peak = features.masked_fill(~valid[:, None, :], -math.inf).amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+            features = torch.maximum(features, peak - self.floor)
         if self.normalize:  # a fixed channel (microphone, gain, spectral tilt) adds a constant per bin: remove it
             features = features - (features * keep).sum(-1, keepdim=True) / frames  # (B, M, T)
         if self.normalize_variance:  # a channel's dynamic range (level over its noise floor) scales each bin: undo it

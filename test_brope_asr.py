@@ -708,6 +708,7 @@ def test_clip_outputs_do_not_depend_on_batch_padding(input_mode, downsampling_fa
     model = move_off_init(
         tiny_model(input_mode=input_mode, downsampling_factor=downsampling_factor, use_betweenness=True,
                    blend_attention=True, normalize_features=True, normalize_feature_variance=True,  # the clip statistics must not see padding either
+                   spectrogram_floor_db=50.0,  # nor its loudest cell
                    absolute_encoder_positions=True)
     )
     short, long = random_clips(9 * 160 + 37, 20 * 160)  # 9 frames: odd, the downsampling edge case
@@ -759,6 +760,23 @@ def test_feature_normalization_makes_outputs_independent_of_gain():
             assert_close(loud, quiet, atol=1e-4)
         else:
             assert (loud - quiet).abs().max() > 1e-2
+
+
+def test_spectrogram_floor_makes_outputs_independent_of_what_lies_below_it():
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(normalize_features=True, spectrogram_floor_db=50.0))
+    features = torch.rand(1, model.config.num_mel_bins, 30) * 2.5 - 1.5  # cells spread over 100 dB
+    floor = features.max() - 50.0 / 40.0  # 50 dB under the clip's loudest cell, 40 dB per log-mel unit
+    quiet = features < floor
+    assert 0.2 < quiet.float().mean() < 0.8
+    ids = decoder_ids(1, 7)
+    logits = model(input_features=features, decoder_input_ids=ids).logits
+    other = torch.where(quiet, features - 2.0 * torch.rand_like(features), features)  # deeper silence, another pattern
+    assert_close(model(input_features=other, decoder_input_ids=ids).logits, logits, atol=1e-5)
+    louder = torch.where(quiet, floor + 5.0 / 40.0, features)  # 5 dB above the floor: heard
+    assert (model(input_features=louder, decoder_input_ids=ids).logits - logits).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="spectrogram_floor_db"):
+        tiny_config(spectrogram_floor_db=0.0)
 
 
 def test_feature_variance_normalization_makes_outputs_independent_of_dynamic_range():

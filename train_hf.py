@@ -1153,6 +1153,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--blend-attention", action=argparse.BooleanOptionalAction, default=False, help="dot/cosine blend")
     model.add_argument("--ctc-weight", type=float, default=0.0, help="weight of the auxiliary CTC loss (0 = off)")
     model.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, help="per-clip log-mel mean removal (default: the preset's)")
+    model.add_argument("--spectrogram-floor-db", type=float,
+                       help="raise every log-mel cell to the clip's loudest minus this many dB (0: Whisper's 80; default: the preset's)")
     model.add_argument("--normalize-variance", action=argparse.BooleanOptionalAction,
                        help="per-clip log-mel variance normalization too, each bin to unit std (default: the preset's)")
     model.add_argument("--absolute-positions", action=argparse.BooleanOptionalAction, default=None,
@@ -1260,6 +1262,7 @@ def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
         **({"absolute_encoder_positions": args.absolute_positions} if args.absolute_positions is not None else {}),
         **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
         **({"normalize_feature_variance": args.normalize_variance} if args.normalize_variance is not None else {}),
+        **({"spectrogram_floor_db": args.spectrogram_floor_db or None} if args.spectrogram_floor_db is not None else {}),
         **({"spectrogram_max_hz": args.spectrogram_max_hz or None} if args.spectrogram_max_hz is not None else {}),
     )
 
