@@ -2106,6 +2106,23 @@ def test_padding_report_gives_a_share_for_every_batching_with_and_without_joined
         assert 0 <= float(processed.strip(" %")) <= float(padded.strip(" %")) < 100  # micro-batches never add padding
 
 
+def test_level_report_describes_each_source_and_never_reads_the_test_split(tmp_path):
+    from tools import bench_brope_asr as bench
+
+    table = [row for row in read_metadata() if row["split"] != "test"]
+    groups = ([r for r in table if r["source"] == "espeak-ng"][:3], [r for r in table if r["speaker"] == "jackson"][:3],
+              [r for r in table if r["speaker"] == "yweweler"][:3])
+    rows = [{**row, "file_name": str(DATA / row["file_name"])} for group in groups for row in group]
+    rows.append({**rows[0], "split": "test", "file_name": str(tmp_path / "missing.wav")})  # reading it would fail
+    report = bench.level_report(str(write_corpus(tmp_path / "data", rows)), clips=3)
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]] for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip().endswith(")")]
+    assert [name for name, *_ in cells] == ["espeak-ng (3)", "real people (3)", "yweweler (3)"]
+    for _, std, floor, spread in cells:
+        under = [float(value) for value in spread.split(" / ")]
+        assert float(std) > 0 and 0 <= float(floor.strip("%")) <= 100 and -80 <= under[0] <= under[1] <= under[2] <= under[3] <= 0
+    assert float(cells[0][2].strip("%")) > float(cells[1][2].strip("%"))  # synthetic silence sits at the floor, a room's does not
+
+
 def test_speed_perturbation_never_lengthens_a_clip_past_max_source_positions():
     torch.manual_seed(0)
     config = tiny_config(max_source_positions=100)

@@ -81,6 +81,7 @@ from brope_asr import (
     batch_inputs,
     load_audio,
     log_mel_spectrogram,
+    mel_bins_below,
     rope_frequencies,
     transcribe,
     window_seconds,
@@ -916,6 +917,45 @@ def padding_report(data_dir: str = "data", batch_size: int = 16, epochs: int = 2
     return "\n".join(lines)
 
 
+def level_report(data_dir: str = "data", clips: int = 60, hold_out: str = "yweweler") -> str:
+    """How each source's log-mel spreads below its loudest cell, in the band the small preset reads; markdown.
+
+    For `clips` training and validation clips of each group (espeak-ng, the real people, and the
+    person `hold_out` apart, the one `--hold-out-speaker` holds out), drawn with the bench's seed:
+    each bin's standard deviation over the clip (log-mel units, 1 = 40 dB), the share of cells at
+    Whisper's floor (80 dB under the clip's loudest), and the quantiles of the cells in dB under the
+    loudest cell, medians over the clips. The test split is never read.
+    """
+    import random
+
+    with open(Path(data_dir) / "metadata.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row["split"] != "test"]
+    groups = {
+        "espeak-ng": [row for row in rows if row["source"] == "espeak-ng"],
+        "real people": [row for row in rows if row["source"] != "espeak-ng" and row["speaker"] != hold_out],
+        hold_out: [row for row in rows if row["speaker"] == hold_out],
+    }
+    bins = mel_bins_below(BRoPEASRConfig.from_preset("small").num_mel_bins, 4000.0)
+    quantiles = torch.tensor([0.05, 0.10, 0.25, 0.50])
+    lines = [f"{data_dir}: {clips} training and validation clips per group, the {bins} mel bins below 4 kHz", "",
+             "| clips | per-bin std over the clip | cells at the 80-dB floor | cells under the loudest, 5 / 10 / 25 / 50%, dB |",
+             "| --- | --: | --: | --- |"]
+    for name, group in groups.items():
+        if not group:
+            continue
+        stds, floors, spreads = [], [], []
+        for row in random.Random(SEED).sample(group, min(clips, len(group))):
+            features = log_mel_spectrogram(load_audio(str(Path(data_dir) / row["file_name"]))[None])[0, :bins]  # (M', T)
+            below = 40.0 * (features - features.max())  # dB under the clip's loudest cell
+            stds.append(float(features.std(-1).mean()))
+            floors.append(float((below <= -80.0 + 1e-3).float().mean()))
+            spreads.append(torch.quantile(below.flatten(), quantiles))
+        spread = torch.stack(spreads).median(0).values
+        lines.append(f"| {name} ({len(stds)}) | {torch.tensor(stds).median():.3f} | {100 * torch.tensor(floors).median():.1f}% | "
+                     + " / ".join(f"{value:.0f}" for value in spread.tolist()) + " |")
+    return "\n".join(lines)
+
+
 TRANSCRIBE_FILE = """
 import json, sys, time
 import torch
@@ -1074,6 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=lambda spec: tuple(float(n) for n in spec.split(",")), default=(1, 5, 20),
                         metavar="M,M", help="with --long-audio: the recordings' lengths in minutes (default 1,5,20)")
     parser.add_argument("--padding", action="store_true", help="instead: padding in training batches, random vs length-grouped vs planned and sorted")
+    parser.add_argument("--levels", action="store_true", help="instead: how far below its loudest cell each source's log-mel spreads")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU, and torch.cuda.is_available() is False")
@@ -1081,8 +1122,8 @@ def main(argv: list[str] | None = None) -> int:
         limit_blas_threads(args.threads, sys.argv[1:] if argv is None else argv)
         torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()  # Whisper's generate warns about its defaults on every call
-    if args.padding:
-        report = padding_report()
+    if args.padding or args.levels:
+        report = padding_report() if args.padding else level_report()
         print(report)
         if args.out:
             Path(args.out).write_text(report + "\n")
