@@ -1,11 +1,16 @@
-"""Validation WER per source of saved runs (validation minus the held-out person, as the runs saw it)."""
+"""Validation WER per source of saved runs (validation minus the held-out person, as the runs saw it).
+
+Usage: python runs/explore/logs/score_validation.py THREADS RUN_DIR... (from the repository root)
+"""
 import csv, sys, torch
-sys.path.insert(0, "/work/main")
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[3]  # the repository: runs/explore/logs/ is three folders down
+sys.path.insert(0, str(ROOT))
 from transformers import PreTrainedTokenizerFast
 from brope_asr import BRoPEASRForConditionalGeneration, load_audio, transcribe, word_error_rate
 torch.set_num_threads(int(sys.argv[1])); runs = sys.argv[2:]
-rows = [r for r in csv.DictReader(open("/work/main/data/metadata.csv")) if r["split"] == "validation" and r["speaker"] != "yweweler"]
-clips = [load_audio("/work/main/data/" + r["file_name"]) for r in rows]
+rows = [r for r in csv.DictReader(open(ROOT / "data" / "metadata.csv")) if r["split"] == "validation" and r["speaker"] != "yweweler"]
+clips = [load_audio(str(ROOT / "data" / r["file_name"])) for r in rows]
 for run in runs:
     model = BRoPEASRForConditionalGeneration.from_pretrained(run).eval(); tok = PreTrainedTokenizerFast.from_pretrained(run)
     with torch.no_grad(): hyp = transcribe(model, tok, clips)
