@@ -152,7 +152,7 @@ class BRoPEASRConfig(PreTrainedConfig):
     input_mode: Literal["spectrogram", "waveform", "both"] = "spectrogram"  # encoder input(s)
     normalize_features: bool = False  # subtract each clip's mean log-mel per bin (cepstral mean normalization [10])
     normalize_feature_variance: bool = False  # also divide each bin by its std over the clip [11] (needs normalize_features)
-    spectrogram_floor_db: float | None = None  # the spectrogram front end raises every cell to the clip's loudest minus this (None: Whisper's 80 dB)
+    spectrogram_floor_db: float | None = None  # raise every log-mel cell to the clip's loudest minus this (None: 80 dB)
     spectrogram_max_hz: float | None = None  # the spectrogram front end reads only the mel bins centred below this (None: all)
     downsampling_factor: int = 2  # mel frames per encoder frame: log2 of it stride-2 convolutions (Whisper [2]: 2)
     absolute_encoder_positions: bool = False  # add Whisper's sinusoidal positions to the encoder states (see `sinusoids`)
@@ -214,9 +214,11 @@ class BRoPEASRConfig(PreTrainedConfig):
         if self.spectrogram_max_hz is not None and not 0 < self.spectrogram_max_hz <= SAMPLE_RATE / 2:
             raise ValueError(f"spectrogram_max_hz must be in (0, {SAMPLE_RATE // 2}] Hz or None, got {self.spectrogram_max_hz}")
         if self.normalize_feature_variance and not self.normalize_features:
-            raise ValueError("normalize_feature_variance=True needs normalize_features=True (the variance is about the clip's mean)")
+            raise ValueError("normalize_feature_variance=True needs normalize_features=True (the variance is about the mean)")
         if self.spectrogram_floor_db is not None and not 0 < self.spectrogram_floor_db <= 10 * LOG_MEL_FLOOR_DB:
-            raise ValueError(f"spectrogram_floor_db must be in (0, {10 * LOG_MEL_FLOOR_DB:g}] dB or None, got {self.spectrogram_floor_db}")
+            raise ValueError(
+                f"spectrogram_floor_db must be in (0, {10 * LOG_MEL_FLOOR_DB:g}] dB or None, got {self.spectrogram_floor_db}"
+            )
         if self.betweenness_offset < 1:
             raise ValueError(f"betweenness_offset must be >= 1, got {self.betweenness_offset}")
         if not self.max_tokens_per_second > 0:
@@ -990,9 +992,13 @@ def _key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class SpectrogramFrontEnd(nn.Module):
-    """Log-mel -> D channels at 100 frames/s: the bins below `spectrogram_max_hz`, optionally each bin's
-    mean over the clip removed [10] (and, optionally, each bin scaled to unit variance [11]), a convolution, a residual dilated depthwise-separable
-    convolution, and squeeze-and-excitation [4] whose pooling averages real frames only.
+    """Log-mel -> D channels at 100 frames/s: the bins below `spectrogram_max_hz`, optionally raised to a
+    floor under the clip's loudest cell, each bin's mean over the clip removed [10] and each bin scaled
+    to unit variance [11], then a convolution, a residual dilated depthwise-separable convolution,
+    and squeeze-and-excitation [4] whose pooling averages real frames only.
+
+    With `spectrogram_floor_db` = 50 (the small preset) a synthetic voice's digital silence, which
+    the log-mel puts 80 dB down, and a room's noise floor, 55-65 dB down, end at one level.
 
     With `spectrogram_max_hz` = 4000 (the small preset) the model hears the telephone band only, so
     a 16 kHz recording and an 8 kHz one (FSDD's real people, telephones) look alike: what a voice
