@@ -69,6 +69,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForCondi
 
 from brope_asr import (
     HOP_LENGTH,
+    LOG_MEL_FLOOR_DB,
     SAMPLE_RATE,
     BetweennessShift,
     BRoPEASRConfig,
@@ -935,10 +936,13 @@ def level_report(data_dir: str = "data", clips: int = 60, hold_out: str = "ywewe
         "real people": [row for row in rows if row["source"] != "espeak-ng" and row["speaker"] != hold_out],
         hold_out: [row for row in rows if row["speaker"] == hold_out],
     }
-    bins = mel_bins_below(BRoPEASRConfig.from_preset("small").num_mel_bins, 4000.0)
+    config = BRoPEASRConfig.from_preset("small")
+    bins = mel_bins_below(config.num_mel_bins, config.spectrogram_max_hz)
+    floor_db = 10 * LOG_MEL_FLOOR_DB  # where log_mel_spectrogram puts everything quieter
     quantiles = torch.tensor([0.05, 0.10, 0.25, 0.50])
-    lines = [f"{data_dir}: {clips} training and validation clips per group, the {bins} mel bins below 4 kHz", "",
-             "| clips | per-bin std over the clip | cells at the 80-dB floor | cells under the loudest, 5 / 10 / 25 / 50%, dB |",
+    lines = [f"{data_dir}: {clips} training and validation clips per group, the {bins} mel bins below "
+             f"{config.spectrogram_max_hz / 1000:g} kHz", "",
+             f"| clips | per-bin std over the clip | cells at the {floor_db:g}-dB floor | cells under the loudest, 5 / 10 / 25 / 50%, dB |",
              "| --- | --: | --: | --- |"]
     for name, group in groups.items():
         if not group:
@@ -948,7 +952,7 @@ def level_report(data_dir: str = "data", clips: int = 60, hold_out: str = "ywewe
             features = log_mel_spectrogram(load_audio(str(Path(data_dir) / row["file_name"]))[None])[0, :bins]  # (M', T)
             below = 40.0 * (features - features.max())  # dB under the clip's loudest cell
             stds.append(float(features.std(-1).mean()))
-            floors.append(float((below <= -80.0 + 1e-3).float().mean()))
+            floors.append(float((below <= -floor_db + 1e-3).float().mean()))
             spreads.append(torch.quantile(below.flatten(), quantiles))
         spread = torch.stack(spreads).median(0).values
         lines.append(f"| {name} ({len(stds)}) | {torch.tensor(stds).median():.3f} | {100 * torch.tensor(floors).median():.1f}% | "
