@@ -1678,7 +1678,7 @@ def bad_rows(folder: Path) -> list[dict]:
     soundfile.write(folder / "long.flac", np.zeros(31 * SAMPLE_RATE, dtype=np.float32), SAMPLE_RATE)
     files = ["missing.flac", "junk.wav", "empty.wav", "nan.wav", "long.flac"]
     rows = [{"file_name": str(folder / name), "transcription": "one", "split": "train"} for name in files]
-    good = next(DATA.glob("train/*.flac"))
+    good = next(DATA.glob("train/*.mp3"))
     rows.append({"file_name": str(good), "transcription": "one " * 200, "split": "train"})  # > max_target_positions
     return rows
 
@@ -2149,18 +2149,46 @@ def test_shipped_splits_share_no_speaker_and_no_voice_variant():
     assert len(fsdd["test"]) == 1 and len(fsdd["train"]) == 3 and fsdd["validation"] <= fsdd["train"]
     held_out = next(iter(fsdd["test"]))
     assert sum(row["speaker"] == held_out for row in rows) == 500  # every recording of that person, all in test
-    assert {row["source"] for row in rows} == {"espeak-ng", "fsdd"}  # flite and festival are kept for evaluation
+    assert {row["source"] for row in rows} == {"espeak-ng", "fsdd", "mbrola", "pico"}  # never flite or festival
 
 
-def test_shipped_mp3_training_clips_decode_to_16_khz_speech_and_measuring_clips_are_flac():
+def test_shipped_other_synthesizers_voices_are_each_in_one_split_as_the_corpus_tool_says():
+    from tools import make_corpus
+    rows = read_metadata()
+    other = {split: {row["speaker"] for row in rows if row["split"] == split and row["source"] in ("mbrola", "pico")}
+             for split in ("train", "validation", "test")}
+    assert other["train"] == set(make_corpus.OTHER_SPLIT_VOICES["train"])
+    assert other["validation"] == set(make_corpus.OTHER_SPLIT_VOICES["validation"]) and not other["test"]
+    assert not other["train"] & other["validation"]
+    assert "mb-de4-en" not in {name for _, name in make_corpus.OTHER_VOICES.values()}  # its licence restricts its use
+    for row in rows:
+        if row["source"] in ("mbrola", "pico"):
+            assert make_corpus.OTHER_VOICES[row["speaker"]][0] == row["source"], row
+
+
+def test_corpus_tool_draws_other_synthesizer_utterances_reproducibly_within_each_engines_ranges():
+    from tools import make_corpus
+    voices = make_corpus.OTHER_SPLIT_VOICES["train"]
+    draw = make_corpus.draw_other_utterances(np.random.default_rng([0, 4]), 300, voices)
+    assert draw == make_corpus.draw_other_utterances(np.random.default_rng([0, 4]), 300, voices)
+    ranges = {"mbrola": (make_corpus.MBROLA_SPEED_WPM, make_corpus.MBROLA_PITCH), "pico": (make_corpus.PICO_SPEED, make_corpus.PICO_PITCH)}
+    for text, voice, speed, pitch, voice_speed in draw:
+        (speed_range, pitch_range) = ranges[make_corpus.OTHER_VOICES[voice][0]]
+        assert voice in voices and 1 <= len(text.split()) <= 7 and set(text.split()) <= set(make_corpus.DIGIT_WORDS)
+        assert speed_range[0] <= speed <= speed_range[1] and pitch_range[0] <= pitch <= pitch_range[1]
+        assert make_corpus.VOICE_SPEED[0] <= voice_speed <= make_corpus.VOICE_SPEED[1]
+    assert {voice for _, voice, *_ in draw} == set(voices)
+
+
+def test_shipped_mp3_training_clips_decode_to_speech_and_measuring_clips_are_flac():
     rows = read_metadata()
     assert {Path(row["file_name"]).suffix for row in rows if row["split"] != "train"} == {".flac"}  # measured on exact audio
-    mp3 = [row for row in rows if row["file_name"].endswith(".mp3")]
-    assert mp3 and all(row["split"] == "train" for row in mp3)
-    for row in mp3[:: len(mp3) // 20]:
+    assert {Path(row["file_name"]).suffix for row in rows if row["split"] == "train"} == {".mp3"}
+    rates = {"espeak-ng": SAMPLE_RATE, "fsdd": 8000, "mbrola": 8000, "pico": 8000}  # the others in the telephone band
+    for row in rows[::50]:
         samples, sampling_rate = soundfile.read(DATA / row["file_name"], dtype="float32")
-        assert sampling_rate == SAMPLE_RATE and np.isfinite(samples).all()
-        assert 0.2 < len(samples) / SAMPLE_RATE < 10 and np.sqrt(np.mean(samples**2)) > 1e-3, row["file_name"]
+        assert sampling_rate == rates[row["source"]] and np.isfinite(samples).all()
+        assert 0.2 < len(samples) / sampling_rate < 10 and np.sqrt(np.mean(samples**2)) > 1e-3, row["file_name"]
 
 
 def test_data_folder_fits_its_30_mb_budget():

@@ -1324,9 +1324,20 @@ def print_setup(model, config: BRoPEASRConfig, tokenizer, prepared: dict, args: 
           + (f"; repeated each epoch: {', '.join(f'{k} x{v}' for k, v in planner.repeats.items())}" if planner and planner.repeats else ""))
 
 
+def score_by_source(trainer: "ASRTrainer", split: Dataset, prefix: str, tokenizer) -> dict:
+    """Decode `split` autoregressively: the trainer's metrics as "<prefix>_<name>", and WER and CER per source."""
+    prediction = trainer.predict(split, metric_key_prefix=prefix)
+    hypotheses, references, _, _ = decode_prediction(prediction, tokenizer)
+    per_source = error_rates_by_source(hypotheses, references, split["source"])
+    return {**prediction.metrics, **{f"{prefix}_{name}": value for name, value in per_source.items()}}
+
+
 def print_results(results: dict, model, trainer: "ASRTrainer", collator: Collator, reader: ClipReader, stream_skipped: list[str],
-                  args: argparse.Namespace, planner: "PlannedBatches | None", test_sources: list[str]):
-    """The end of a run: learned mixes, training time, best step, non-speech, padding, skipped rows, test WER per source."""
+                  args: argparse.Namespace, planner: "PlannedBatches | None", sources: dict[str, list[str]]):
+    """The end of a run: learned mixes, training time, best step, non-speech, padding, skipped rows, WER per source.
+
+    `sources` holds each scored split's source column ("validation", then "test" when it was read).
+    """
     print(f"learned mixes: {model.learned_mixes()}; training time {results['train_seconds']:.0f} s; "
           f"best validation WER at step {results['best_step']} (the model saved and tested)")
     print(f"non-speech: {results['false_words_per_minute_all']:.2f} false words per minute over {len(NON_SPEECH_KINDS)} kinds")
@@ -1337,11 +1348,11 @@ def print_results(results: dict, model, trainer: "ASRTrainer", collator: Collato
     if reader.skipped or stream_skipped:
         bad = [*stream_skipped, *reader.skipped.values()]
         print(f"{len(bad)} training rows were bad when their batch was built and were skipped:\n" + "\n".join(bad))
-    if "test_wer" in results:
-        for source, count in sorted(Counter(s for s in test_sources if s).items()):
-            print(f"test {source}: WER {100 * results[f'test_wer_{source}']:.2f}% "
-                  f"(CER {100 * results[f'test_cer_{source}']:.2f}%) on {count} clips")
-        print(f"test WER {100 * results['test_wer']:.2f}% (CER {100 * results['test_cer']:.2f}%) on {len(test_sources)} clips")
+    for split, column in sources.items():
+        for source, count in sorted(Counter(s for s in column if s).items()):
+            print(f"{split} {source}: WER {100 * results[f'{split}_wer_{source}']:.2f}% "
+                  f"(CER {100 * results[f'{split}_cer_{source}']:.2f}%) on {count} clips")
+        print(f"{split} WER {100 * results[f'{split}_wer']:.2f}% (CER {100 * results[f'{split}_cer']:.2f}%) on {len(column)} clips")
 
 
 def main(argv=None) -> dict:
@@ -1408,19 +1419,17 @@ def main(argv=None) -> dict:
     trainer.save_model(args.output_dir)  # model (safetensors), processor (feature extractor and tokenizer), brope_asr.py
     results = {"train_seconds": elapsed, "best_step": trainer.state.best_global_step, "skipped_at_batch_time": len(reader.skipped) + len(stream_skipped),
                "padding_fraction": trainer.frames["padded"] / max(1, trainer.frames.total())}
-    test_sources = []
-    if "test" in prepared:
-        prediction = trainer.predict(prepared["test"], metric_key_prefix="test")
-        results.update(prediction.metrics)
-        hypotheses, references, _, _ = decode_prediction(prediction, tokenizer)
-        test_sources = prepared["test"]["source"]
-        results.update({f"test_{name}": value for name, value in error_rates_by_source(hypotheses, references, test_sources).items()})
+    sources = {}  # the best model's WER per source: validation's (what chose it), then the test split's
+    for split in ("validation", "test"):
+        if split in prepared:
+            results.update(score_by_source(trainer, prepared[split], split, tokenizer))
+            sources[split] = prepared[split]["source"]
     if trainer.is_world_process_zero():
         model.eval()
         results.update({f"false_words_per_minute_{kind}": rate for kind, rate in false_words_per_minute(model, tokenizer).items()})
         table.save(Path(args.output_dir))
         tracker.save(Path(args.output_dir))
-        print_results(results, model, trainer, collator, reader, stream_skipped, args, planner, test_sources)
+        print_results(results, model, trainer, collator, reader, stream_skipped, args, planner, sources)
     return results
 
 

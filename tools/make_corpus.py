@@ -1,33 +1,42 @@
 #!/usr/bin/env python3
-"""Generate the embedded spoken-digits corpus in ``data/`` with espeak-ng.
+"""Generate the embedded spoken-digits corpus in ``data/``: espeak-ng, MBROLA, Pico and FSDD.
 
 brope-asr ships its own tiny corpus so that training and evaluation run end to
-end from a fresh clone: offline, reproducible, and free of licence questions.
-Every clip is synthetic speech of 1-7 connected English digits ("three one
-four"), produced by the espeak-ng formant synthesizer with a randomly drawn
-accent, voice variant, speaking rate and pitch.
+end from a fresh clone: offline and reproducible. Every synthetic clip is 1-7
+connected English digits ("three one four"): most from the espeak-ng formant
+synthesizer with a randomly drawn accent, voice variant, speaking rate and
+pitch; the rest from MBROLA's diphone voices (recordings of real people, many
+of them speaking English with another language's sounds) and SVOX Pico, with
+drawn speed, pitch and vocal tract length. The real people are the Free Spoken
+Digit Dataset's recordings of isolated digits (copied from ../shared/fsdd).
 
 Output, in the Hugging Face "audiofolder" layout (``file_name`` is relative to
 the folder holding ``metadata.csv``)::
 
     data/metadata.csv                          file_name,transcription,split,source,speaker
-    data/train/NNNNNN.mp3                      16 kHz, mono, MP3 (lossy, ~33 kbit/s)
-    data/{validation,test}/NNNNNN.flac         16 kHz, mono, 16-bit FLAC
+    data/train/NNNNNN.mp3                      espeak-ng, 16 kHz, mono, MP3 (lossy, ~33 kbit/s)
+    data/{validation,test}/NNNNNN.flac         espeak-ng, 16 kHz, mono, 16-bit FLAC
+    data/train/other-NNNNNN.mp3                MBROLA and Pico, 8 kHz, mono, MP3
+    data/validation/other-NNNNNN.flac          MBROLA, 8 kHz, mono, 16-bit FLAC
+    data/train/fsdd-*.mp3                      FSDD, 8 kHz, mono, MP3
+    data/{validation,test}/fsdd-*.flac         FSDD, 8 kHz, mono, 16-bit FLAC (lossless)
 
 Training clips are MP3: a third of the bytes of the 12-bit FLAC below, so the
-30 MB budget holds 2.9 times as many training utterances (2,650 against 900) (what
-generalizes to voices never heard); the codec's small changes to the sound act
-as a mild channel perturbation. Validation and test clips, which measure, stay
-FLAC: 16-bit containers, but each clip is quantized (with TPDF dither) to
+30 MB budget holds 2.9 times as many training utterances (what generalizes to
+voices never heard); the codec's small changes to the sound act as a mild
+channel perturbation. Validation and test clips, which measure, stay FLAC:
+16-bit containers, but each synthetic clip is quantized (with TPDF dither) to
 --bits significant bits, default 12, i.e. every sample is a multiple of 16:
 FLAC detects the constant zero low bits ("wasted bits") and does not store
 them, which makes clips ~36% smaller.
 
-Splits:
-    train       training voices (TRAIN_VARIANTS x both accents)
-    validation  the same training voices, different utterances: measures fit
-    test        held-out voices only (TEST_VARIANTS x both accents): measures
-                generalisation to speakers never heard in training
+Splits (no voice or person in two, but the FSDD training people's validation recordings):
+    train       training voices (TRAIN_VARIANTS x every accent, OTHER_SPLIT_VOICES["train"]),
+                three FSDD people's recordings 0-44 of each digit
+    validation  voices never trained on (VALIDATION_VARIANTS, OTHER_SPLIT_VOICES["validation"]),
+                the same three people's recordings 45-49
+    test        voices and a person never trained on or validated with
+                (TEST_VARIANTS x every accent; FSDD_TEST_SPEAKERS, all their recordings)
 
 Regenerate (deterministic for a given --seed, --bits and split counts; each
 split has its own random stream and each clip its own dither stream, so
@@ -35,10 +44,11 @@ changing one split's count leaves the other splits, and that split's first
 clips, as they are)::
 
     apt-get install espeak-ng sox
+    apt-get install <OTHER_PACKAGES>   # Debian's contrib and non-free sections (data/README.md)
     python -m tools.make_corpus
 
-espeak-ng and sox are needed only here; the recognizer reads the audio files
-with soundfile (its libsndfile decodes MP3 since 1.1).
+The synthesizers and sox are needed only here; the recognizer reads the audio
+files with soundfile (its libsndfile decodes MP3 since 1.1).
 """
 
 import argparse
@@ -47,6 +57,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import soundfile as sf
@@ -96,6 +107,44 @@ NUM_DIGITS = (1, 7)
 LONG_DIGITS = (8, 20)  # --long: strings longer than any in training, to measure length generalization
 LONG_STREAM = 3  # the --long set's random stream (the splits use 0, 1, 2)
 
+# --- Other synthesizers ---------------------------------------------------------------------------
+# Voices of two engines unlike espeak-ng's formant synthesis, from Debian's contrib and non-free
+# sections. MBROLA: diphones cut from recordings of real people, with espeak-ng as the text front
+# end; its four English voices, and the voices of other languages that espeak-ng maps English onto
+# (`espeak-ng --voices=mb`: English spoken with those people's accents, as a German or a Swede
+# speaks it), but de4, whose licence forbids some uses of it. SVOX Pico's two English voices
+# (HMM-based). Left out (data/README.md): flite and festival (reserved for evaluation), RHVoice's
+# English voices (four are built from the CMU ARCTIC recordings, the people of flite's and
+# festival's voices; the other two are licensed for non-commercial use only).
+OTHER_TOOLS = ("mbrola", "pico2wave")
+MBROLA_VOICES = ("us1", "us2", "us3", "en1", "af1-en", "nl2-en", "fr1-en", "fr4-en", "de1-en", "de2-en", "de3-en",
+                 "de5-en", "de6-en", "gr2-en", "hu1-en", "pl1-en", "ro1-en", "sw1-en", "sw2-en")
+OTHER_PACKAGES = " ".join(["mbrola", *(f"mbrola-{v.removesuffix('-en')}" for v in MBROLA_VOICES), "libttspico-utils"])
+OTHER_VOICES = {  # name: (source, the engine's own voice name)
+    **{f"mbrola-{v}": ("mbrola", f"mb-{v}") for v in MBROLA_VOICES},
+    "pico-en-US": ("pico", "en-US"), "pico-en-GB": ("pico", "en-GB"),
+}
+# Validation has two MBROLA voices never trained on, a native and an accented one, so it measures
+# unheard voices of another engine. The test split gets none (it stays the split every earlier
+# result read).
+OTHER_VALIDATION_VOICES = ("mbrola-us3", "mbrola-pl1-en")
+OTHER_SPLIT_VOICES = {
+    "train": tuple(v for v in OTHER_VOICES if v not in OTHER_VALIDATION_VOICES),
+    "validation": OTHER_VALIDATION_VOICES,
+}
+OTHER_COUNTS = {"train": 1300, "validation": 90}
+OTHER_STREAMS = {"train": 4, "validation": 5}  # random streams of their own (espeak-ng's splits use 0-2, --long 3)
+# Prosody, drawn per utterance on each engine's own scale: MBROLA through espeak-ng in words per
+# minute (log-uniform; MBROLA's diphones smear outside about 100-300) and espeak-ng's 0-99 pitch;
+# Pico's speed and pitch in percent of its default (its markup).
+MBROLA_SPEED_WPM, MBROLA_PITCH = (100, 300), (10, 90)
+PICO_SPEED, PICO_PITCH = (60, 160), (70, 140)
+# Then the whole clip is played faster or slower by a factor log-uniform over this range (sox
+# `speed`): pitch and every formant move together, as for a shorter or longer vocal tract, so each
+# engine voice becomes a family of voices.
+VOICE_SPEED = (0.88, 1.14)
+OTHER_SAMPLE_RATE = 8000  # stored in the telephone band, the band the small preset reads (FSDD is 8 kHz too)
+
 # --- Real speech: the Free Spoken Digit Dataset --------------------------------------------------
 # Isolated digits by four real people (../shared/fsdd, CC BY-SA 4.0; see data/README.md). One
 # speaker is held out entirely for test; of the other three, recordings with index
@@ -141,18 +190,24 @@ SPLIT_FORMATS = {"train": "mp3", "validation": "flac", "test": "flac"}
 MP3_COMPRESSION = 0.9
 
 # espeak-ng clips per split (in generation order; the index seeds each split's random stream).
-# Sized so that data/ stays under its 30 MB budget with the FSDD recordings (~7.6 MB as FLAC):
-# a 12-bit FLAC espeak-ng clip costs ~12.7 kB per second of speech, an MP3 one ~4.1 kB.
+# Sized so that data/ stays under its 30 MB budget with the FSDD recordings (5.3 MB) and the other
+# engines' clips (5.2 MB): a 12-bit FLAC espeak-ng clip costs ~12.7 kB per second of speech, an
+# MP3 one ~4.1 kB (an 8 kHz MP3 of another engine ~3.5 kB).
 # Validation and test hold about 270 and 400 digits, enough for a digit error rate good to
 # about a point.
-SPLIT_COUNTS = {"train": 2650, "validation": 70, "test": 100}
+SPLIT_COUNTS = {"train": 2150, "validation": 70, "test": 100}
 
 
-def check_tools():
-    """Exit with a one-line hint if espeak-ng or sox is not installed."""
+def check_tools(other=True):
+    """Exit with a one-line hint if espeak-ng, sox or (with `other`) an OTHER_TOOLS engine is not installed."""
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             sys.exit(f"error: `{tool}` not found; install it with `apt-get install {tool}`")
+    missing = [tool for tool in OTHER_TOOLS if other and shutil.which(tool) is None]
+    missing += [f"mbrola-{v}" for v in MBROLA_VOICES if other and not os.path.isdir(f"/usr/share/mbrola/{v.removesuffix('-en')}")]
+    if missing:
+        sys.exit(f"error: the other synthesizers are missing ({', '.join(missing)}); with Debian's "
+                 f"contrib and non-free sections enabled: `apt-get install {OTHER_PACKAGES}`")
 
 
 def check_voices():
@@ -200,8 +255,33 @@ def synthesize(text, voice, speed, pitch, word_gap):
     return np.frombuffer(raw, dtype="<i2")
 
 
-def trim_silence(audio):
-    """Cut leading/trailing silence from `audio`, leaving TRIM_MARGIN_S each side.
+def synthesize_other(text, voice, speed, pitch, voice_speed):
+    """Speak `text` with one of OTHER_VOICES and return OTHER_SAMPLE_RATE mono int16 samples.
+
+    `speed` and `pitch` are on the engine's own scale (see MBROLA_SPEED_WPM etc.). sox then plays
+    the clip `voice_speed` times faster (formants and pitch move together) and resamples it with
+    its band-limited rate effect; -G and -D as in `synthesize`.
+    """
+    source, name = OTHER_VOICES[voice]
+    with tempfile.TemporaryDirectory() as folder:
+        wav = os.path.join(folder, "clip.wav")
+        if source == "mbrola":
+            command = ["espeak-ng", "-v", name, "-s", str(speed), "-p", str(pitch), "-w", wav, text]
+        else:
+            command = ["pico2wave", "-l", name, "-w", wav,
+                       f'<speed level="{speed}"><pitch level="{pitch}">{text}</pitch></speed>']
+        subprocess.run(command, capture_output=True, check=True)
+        raw = subprocess.run(
+            ["sox", "-D", "-G", wav, "-t", "raw", "-e", "signed-integer", "-b", "16", "-c", "1", "-",
+             "speed", f"{voice_speed:.4f}", "rate", "-v", str(OTHER_SAMPLE_RATE)],
+            capture_output=True,
+            check=True,
+        ).stdout
+    return np.frombuffer(raw, dtype="<i2")
+
+
+def trim_silence(audio, sample_rate=SAMPLE_RATE):
+    """Cut leading/trailing silence from `audio` (at `sample_rate`), leaving TRIM_MARGIN_S each side.
 
     espeak-ng starts speaking within ~10 ms, so the leading margin is usually
     completed with zeros (digital silence, like espeak-ng's own).
@@ -209,10 +289,10 @@ def trim_silence(audio):
     magnitude = np.abs(audio.astype(np.int32))
     peak = magnitude.max()
     if peak == 0:
-        raise RuntimeError("espeak-ng produced a silent clip")
+        raise RuntimeError("the synthesizer produced a silent clip")
     audible = np.flatnonzero(magnitude > peak * 10 ** (TRIM_THRESHOLD_DB / 20))
     start, end = audible[0], audible[-1] + 1
-    margin = round(TRIM_MARGIN_S * SAMPLE_RATE)
+    margin = round(TRIM_MARGIN_S * sample_rate)
     clip = audio[max(start - margin, 0) : end + margin]
     return np.pad(clip, (max(margin - start, 0), max(end + margin - len(audio), 0)))
 
@@ -256,6 +336,29 @@ def draw_utterances(rng, count, variants, num_digits=NUM_DIGITS):
     return utterances
 
 
+def draw_other_utterances(rng, count, voices):
+    """Draw `count` random (transcription, voice, speed, pitch, voice speed) tuples for OTHER_VOICES.
+
+    Digits as in `draw_utterances`; the voice uniform over `voices`; speed and pitch uniform on the
+    engine's scale (MBROLA's words per minute log-uniform); the voice speed log-uniform.
+    """
+    ranges = {"mbrola": (MBROLA_SPEED_WPM, MBROLA_PITCH), "pico": (PICO_SPEED, PICO_PITCH)}
+    utterances = []
+    for _ in range(count):
+        num_digits_drawn = rng.integers(NUM_DIGITS[0], NUM_DIGITS[1] + 1)
+        words = [DIGIT_WORDS[d] for d in rng.integers(0, len(DIGIT_WORDS), size=num_digits_drawn)]
+        voice = str(rng.choice(voices))
+        (speed_low, speed_high), (pitch_low, pitch_high) = ranges[OTHER_VOICES[voice][0]]
+        if OTHER_VOICES[voice][0] == "mbrola":
+            speed = int(round(np.exp(rng.uniform(np.log(speed_low), np.log(speed_high)))))
+        else:
+            speed = int(rng.integers(speed_low, speed_high + 1))
+        pitch = int(rng.integers(pitch_low, pitch_high + 1))
+        voice_speed = float(np.exp(rng.uniform(np.log(VOICE_SPEED[0]), np.log(VOICE_SPEED[1]))))
+        utterances.append((" ".join(words), voice, speed, pitch, voice_speed))
+    return utterances
+
+
 def fsdd_split(speaker, index):
     """The split of FSDD recording `index` of `speaker` (see FSDD_TEST_SPEAKERS)."""
     if speaker in FSDD_TEST_SPEAKERS:
@@ -264,10 +367,11 @@ def fsdd_split(speaker, index):
 
 
 def copy_fsdd(fsdd_dir, out):
-    """Copy the FSDD recordings into `out` as lossless 8 kHz FLAC; return their metadata rows.
+    """Copy the FSDD recordings into `out` at their own 8 kHz; return their metadata rows.
 
-    The recordings are kept at their own 8 kHz and 16 bits (the recognizer resamples on load):
-    re-encoding losslessly changes nothing but the container (CC BY-SA 4.0 allows it with credit).
+    Validation and test recordings stay exact (lossless 16-bit FLAC: only the container changes);
+    training ones are MP3 as the other training clips are (half the bytes of the FLAC, which pays for
+    the other synthesizers' clips). CC BY-SA 4.0 allows both with credit (data/README.md).
     """
     rows = []
     with open(os.path.join(fsdd_dir, "metadata.csv"), newline="") as f:
@@ -275,19 +379,22 @@ def copy_fsdd(fsdd_dir, out):
             speaker, index = record["speaker"], int(record["index"])
             split = fsdd_split(speaker, index)
             audio, sample_rate = sf.read(os.path.join(fsdd_dir, record["file_name"]), dtype="int16")
-            file_name = f"{split}/fsdd-{speaker}-{record['transcription']}-{index:02d}.flac"
-            sf.write(os.path.join(out, file_name), audio, sample_rate,
-                     subtype="PCM_16", format="FLAC", compression_level=1.0)
+            file_name = f"{split}/fsdd-{speaker}-{record['transcription']}-{index:02d}.{SPLIT_FORMATS[split]}"
+            if SPLIT_FORMATS[split] == "mp3":
+                write_clip(os.path.join(out, file_name), audio, "mp3", sample_rate=sample_rate)
+            else:
+                sf.write(os.path.join(out, file_name), audio, sample_rate,
+                         subtype="PCM_16", format="FLAC", compression_level=1.0)
             rows.append((file_name, record["transcription"], split, "fsdd", speaker))
     return rows
 
 
-def write_clip(path, audio, fmt, bits=BITS, dither_rng=None):
-    """Write one 16 kHz clip: MP3 (training), or FLAC quantized to `bits` with TPDF dither from `dither_rng`."""
+def write_clip(path, audio, fmt, bits=BITS, dither_rng=None, sample_rate=SAMPLE_RATE):
+    """Write one clip: MP3 (training), or FLAC quantized to `bits` with TPDF dither from `dither_rng`."""
     if fmt == "mp3":
-        sf.write(path, audio, SAMPLE_RATE, format="MP3", subtype="MPEG_LAYER_III", compression_level=MP3_COMPRESSION)
+        sf.write(path, audio, sample_rate, format="MP3", subtype="MPEG_LAYER_III", compression_level=MP3_COMPRESSION)
     else:
-        sf.write(path, quantize(audio, bits, dither_rng), SAMPLE_RATE, subtype="PCM_16", format="FLAC", compression_level=1.0)
+        sf.write(path, quantize(audio, bits, dither_rng), sample_rate, subtype="PCM_16", format="FLAC", compression_level=1.0)
 
 
 def write_utterances(out, folder, utterances, fmt, bits, seed, stream, split):
@@ -303,6 +410,21 @@ def write_utterances(out, folder, utterances, fmt, bits, seed, stream, split):
         dither_rng = np.random.default_rng(np.random.SeedSequence([seed, stream], spawn_key=(index,)))
         write_clip(os.path.join(out, file_name), audio, fmt, bits, dither_rng)
         rows.append((file_name, text, split, "espeak-ng", voice))
+    return rows
+
+
+def write_other_utterances(out, split, utterances, bits, seed):
+    """Synthesize, trim and write `utterances` of OTHER_VOICES as `split`/other-NNNNNN.EXT; return their metadata rows.
+
+    Stored at OTHER_SAMPLE_RATE in the split's format (see SPLIT_FORMATS); dither as in `write_utterances`.
+    """
+    rows, fmt, stream = [], SPLIT_FORMATS[split], OTHER_STREAMS[split]
+    for index, (text, voice, speed, pitch, voice_speed) in enumerate(utterances):
+        audio = trim_silence(synthesize_other(text, voice, speed, pitch, voice_speed), OTHER_SAMPLE_RATE)
+        file_name = os.path.join(split, f"other-{index:06d}.{fmt}")
+        dither_rng = np.random.default_rng(np.random.SeedSequence([seed, stream], spawn_key=(index,)))
+        write_clip(os.path.join(out, file_name), audio, fmt, bits, dither_rng, OTHER_SAMPLE_RATE)
+        rows.append((file_name, text, split, OTHER_VOICES[voice][0], voice))
     return rows
 
 
@@ -345,7 +467,7 @@ def main():
                              "the length-generalization set, longer than any training string")
     args = parser.parse_args()
 
-    check_tools()
+    check_tools(other=not args.long)
     if args.long:
         check_voices()
         write_long(args.out, args.long, args.seed, args.bits)
@@ -363,6 +485,12 @@ def main():
         os.makedirs(split_dir)
         rows += write_utterances(args.out, split, utterances, SPLIT_FORMATS[split], args.bits, args.seed, split_index, split)
         print(f"{split}: {len(utterances)} espeak-ng clips")
+    for split, count in OTHER_COUNTS.items():
+        rng = np.random.default_rng([args.seed, OTHER_STREAMS[split]])
+        other_rows = write_other_utterances(args.out, split, draw_other_utterances(rng, count, OTHER_SPLIT_VOICES[split]),
+                                            args.bits, args.seed)
+        print(f"{split}: {len(other_rows)} clips of other synthesizers")
+        rows += other_rows
     fsdd_rows = copy_fsdd(args.fsdd, args.out)
     print(f"fsdd: {len(fsdd_rows)} recordings")
     rows += fsdd_rows
