@@ -1356,7 +1356,7 @@ def print_results(results: dict, model, trainer: "ASRTrainer", collator: Collato
 
 
 def main(argv=None) -> dict:
-    """Train, save, and test; returns the test metrics (none without a test split) and "train_seconds"."""
+    """Train, save, and test; returns the best model's validation and test metrics (per source too; no test ones without a test split) and "train_seconds"."""
     args = parse_args(argv)
     check_args(args)
     args.max_steps = args.max_steps or DEFAULT_MAX_STEPS

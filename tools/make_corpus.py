@@ -135,7 +135,8 @@ OTHER_SPLIT_VOICES = {
 OTHER_COUNTS = {"train": 1300, "validation": 90}
 OTHER_STREAMS = {"train": 4, "validation": 5}  # random streams of their own (espeak-ng's splits use 0-2, --long 3)
 # Prosody, drawn per utterance on each engine's own scale: MBROLA through espeak-ng in words per
-# minute (log-uniform; MBROLA's diphones smear outside about 100-300) and espeak-ng's 0-99 pitch;
+# minute (log-uniform over a narrower range than espeak-ng's, as a guess at where diphones recorded
+# at one speed still sound like speech; not measured) and espeak-ng's 0-99 pitch;
 # Pico's speed and pitch in percent of its default (its markup).
 MBROLA_SPEED_WPM, MBROLA_PITCH = (100, 300), (10, 90)
 PICO_SPEED, PICO_PITCH = (60, 160), (70, 140)
@@ -192,7 +193,7 @@ MP3_COMPRESSION = 0.9
 # espeak-ng clips per split (in generation order; the index seeds each split's random stream).
 # Sized so that data/ stays under its 30 MB budget with the FSDD recordings (5.3 MB) and the other
 # engines' clips (5.2 MB): a 12-bit FLAC espeak-ng clip costs ~12.7 kB per second of speech, an
-# MP3 one ~4.1 kB (an 8 kHz MP3 of another engine ~3.5 kB).
+# MP3 one ~4.1 kB (an 8 kHz MP3 of another engine ~3.0 kB).
 # Validation and test hold about 270 and 400 digits, enough for a digit error rate good to
 # about a point.
 SPLIT_COUNTS = {"train": 2150, "validation": 70, "test": 100}
