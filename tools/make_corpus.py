@@ -204,8 +204,10 @@ def check_tools(other=True):
     for tool in ("espeak-ng", "sox"):
         if shutil.which(tool) is None:
             sys.exit(f"error: `{tool}` not found; install it with `apt-get install {tool}`")
-    missing = [tool for tool in OTHER_TOOLS if other and shutil.which(tool) is None]
-    missing += [f"mbrola-{v}" for v in MBROLA_VOICES if other and not os.path.isdir(f"/usr/share/mbrola/{v.removesuffix('-en')}")]
+    if not other:
+        return
+    missing = [tool for tool in OTHER_TOOLS if shutil.which(tool) is None]
+    missing += [f"mbrola-{v}" for v in MBROLA_VOICES if not os.path.isdir(f"/usr/share/mbrola/{v.removesuffix('-en')}")]
     if missing:
         sys.exit(f"error: the other synthesizers are missing ({', '.join(missing)}); with Debian's "
                  f"contrib and non-free sections enabled: `apt-get install {OTHER_PACKAGES}`")
@@ -381,11 +383,7 @@ def copy_fsdd(fsdd_dir, out):
             split = fsdd_split(speaker, index)
             audio, sample_rate = sf.read(os.path.join(fsdd_dir, record["file_name"]), dtype="int16")
             file_name = f"{split}/fsdd-{speaker}-{record['transcription']}-{index:02d}.{SPLIT_FORMATS[split]}"
-            if SPLIT_FORMATS[split] == "mp3":
-                write_clip(os.path.join(out, file_name), audio, "mp3", sample_rate=sample_rate)
-            else:
-                sf.write(os.path.join(out, file_name), audio, sample_rate,
-                         subtype="PCM_16", format="FLAC", compression_level=1.0)
+            write_clip(os.path.join(out, file_name), audio, SPLIT_FORMATS[split], bits=16, sample_rate=sample_rate)
             rows.append((file_name, record["transcription"], split, "fsdd", speaker))
     return rows
 
