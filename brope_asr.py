@@ -984,6 +984,35 @@ def batch_inputs(waveforms: list[torch.Tensor], config) -> dict[str, torch.Tenso
 # ------------------------------------------------------------------------------ front ends and encoder
 
 
+def conv_frames(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """`conv` applied to a sequence of frames (B, T, C): the same function as `conv(x.transpose(1, 2)).transpose(1, 2)`.
+
+    Output frame t reads the k input frames t s - p + i d (i < k; zero outside), stacked side by side,
+    and is one matrix product with the kernel laid out as (C_out, k C_in); a depthwise kernel
+    (groups = C) is k multiply-adds. Measured on 2 CPU cores (README, Performance): a default
+    training step 1.22x faster than `nn.Conv1d` on transposed copies, whose backward takes
+    PyTorch's slow path at these small widths. The parameters stay an `nn.Conv1d`'s.
+
+    Args:
+        x: (B, T, C_in) frames.
+        conv: a Conv1d with groups 1 or groups = C_in = C_out, zero padding.
+    Returns:
+        (B, T_out, C_out), T_out = floor((T + 2 p - d (k - 1) - 1) / s) + 1.
+    """
+    (k,), (s,), (p,), (d,) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if p:
+        x = F.pad(x, (0, 0, p, p))  # (B, T + 2p, C_in)
+    t_out = (x.shape[1] - d * (k - 1) - 1) // s + 1
+    taps = [x[:, i * d : i * d + s * (t_out - 1) + 1 : s] for i in range(k)]  # k x (B, T_out, C_in)
+    if conv.groups == 1:
+        kernel = conv.weight.transpose(1, 2).reshape(conv.out_channels, k * conv.in_channels)  # (C_out, k C_in)
+        return F.linear(taps[0] if k == 1 else torch.cat(taps, dim=-1), kernel, conv.bias)
+    if not conv.groups == conv.in_channels == conv.out_channels:
+        raise ValueError(f"conv_frames takes groups 1 or depthwise, got groups={conv.groups} for {conv.in_channels} channels")
+    kernel = conv.weight[:, 0]  # (C, k)
+    return sum(tap * kernel[:, i] for i, tap in enumerate(taps)) + conv.bias  # (B, T_out, C)
+
+
 def _key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
     """(B, T) bool real positions -> (B, 1, 1, T) attention key mask, or None when nothing is padded."""
     if valid is None or bool(valid.all()):
@@ -1041,11 +1070,11 @@ class SpectrogramFrontEnd(nn.Module):
         if self.normalize_variance:  # a channel's dynamic range (level over its noise floor) scales each bin: undo it
             variance = (features.square() * keep).sum(-1, keepdim=True) / frames  # (B, M, 1), about the mean removed above
             features = features * torch.rsqrt(variance + FEATURE_VARIANCE_FLOOR)
-        h = F.gelu(self.conv_in(features * keep)) * keep
-        h = h + F.gelu(self.pointwise(self.depthwise(h))) * keep
-        pooled = h.sum(-1) / keep.sum(-1)
-        h = h * torch.sigmoid(self.excite(F.gelu(self.squeeze(pooled))))[:, :, None]
-        return h.transpose(1, 2)
+        keep = keep.transpose(1, 2)  # (B, T, 1)
+        h = F.gelu(conv_frames(features.transpose(1, 2) * keep, self.conv_in)) * keep  # (B, T, D)
+        h = h + F.gelu(conv_frames(conv_frames(h, self.depthwise), self.pointwise)) * keep
+        pooled = h.sum(1) / frames[:, :, 0]  # (B, D), the mean over real frames
+        return h * torch.sigmoid(self.excite(F.gelu(self.squeeze(pooled))))[:, None, :]
 
 
 class WaveformFrontEnd(nn.Module):
@@ -1209,7 +1238,7 @@ class Encoder(nn.Module):
             h = branches[0]  # (B, T, D)
         for conv in self.downsample:
             h = h * valid[:, :, None].to(h.dtype)  # zero padding first: the stride-2 kernel reaches one frame past a clip
-            h = F.gelu(conv(h.transpose(1, 2))).transpose(1, 2)  # (B, ceil(T / 2), D)
+            h = F.gelu(conv_frames(h, conv))  # (B, ceil(T / 2), D)
             valid = valid[:, ::2]
         if self.config.absolute_encoder_positions:
             h = h + sinusoids(h.shape[1], h.shape[2], h.device).to(h.dtype)

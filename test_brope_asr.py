@@ -609,6 +609,33 @@ def test_config_refuses_a_spectrogram_cutoff_outside_the_band(max_hz):
         BRoPEASRConfig(spectrogram_max_hz=max_hz)
 
 
+@pytest.mark.parametrize("length", [1, 6, 7])
+@pytest.mark.parametrize("layout", [
+    dict(in_channels=5, out_channels=8, kernel_size=3, padding=1),  # the spectrogram's first convolution
+    dict(in_channels=8, out_channels=8, kernel_size=3, padding=2, dilation=2, groups=8),  # its depthwise one
+    dict(in_channels=8, out_channels=6, kernel_size=1),  # pointwise
+    dict(in_channels=8, out_channels=8, kernel_size=3, stride=2, padding=1),  # downsampling
+])
+def test_conv_frames_equals_the_convolution_in_value_and_gradient(layout, length):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(**layout).double()
+    x = torch.randn(2, length, layout["in_channels"], dtype=torch.float64, requires_grad=True)
+    reference = conv(x.transpose(1, 2)).transpose(1, 2)
+    ours = brope_asr.conv_frames(x, conv)
+    assert ours.shape == reference.shape
+    torch.testing.assert_close(ours, reference)
+    weights = torch.randn_like(reference)
+    expected = torch.autograd.grad((reference * weights).sum(), [x, conv.weight, conv.bias])
+    got = torch.autograd.grad((ours * weights).sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_conv_frames_refuses_grouped_convolutions_that_are_not_depthwise():
+    with pytest.raises(ValueError, match="groups=2"):
+        brope_asr.conv_frames(torch.zeros(1, 4, 8), torch.nn.Conv1d(8, 8, 3, groups=2))
+
+
 # ------------------------------------------------------------------------------------------------ shapes
 
 
