@@ -319,6 +319,17 @@ def quantize(audio, bits, rng):
     return quantized.astype(np.int16)
 
 
+def draw_digits(rng, num_digits=NUM_DIGITS):
+    """A transcription of digit words ("three one four"), its length uniform over `num_digits` (inclusive)."""
+    count = rng.integers(num_digits[0], num_digits[1] + 1)
+    return " ".join(DIGIT_WORDS[d] for d in rng.integers(0, len(DIGIT_WORDS), size=count))
+
+
+def log_uniform(rng, low, high):
+    """A draw whose logarithm is uniform: equal shares of the range's slow and fast halves (by ratio)."""
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
 def draw_utterances(rng, count, variants, num_digits=NUM_DIGITS):
     """Draw `count` random (transcription, voice, speed, pitch, word gap) tuples.
 
@@ -329,13 +340,12 @@ def draw_utterances(rng, count, variants, num_digits=NUM_DIGITS):
     """
     utterances = []
     for _ in range(count):
-        num_digits_drawn = rng.integers(num_digits[0], num_digits[1] + 1)
-        words = [DIGIT_WORDS[d] for d in rng.integers(0, len(DIGIT_WORDS), size=num_digits_drawn)]
+        text = draw_digits(rng, num_digits)
         voice = f"{rng.choice(LANGUAGES)}+{rng.choice(variants)}"
-        speed = int(round(np.exp(rng.uniform(np.log(SPEED_WPM[0]), np.log(SPEED_WPM[1])))))
+        speed = int(round(log_uniform(rng, *SPEED_WPM)))
         pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
         word_gap = int(rng.integers(WORD_GAP[0], WORD_GAP[1] + 1))
-        utterances.append((" ".join(words), voice, speed, pitch, word_gap))
+        utterances.append((text, voice, speed, pitch, word_gap))
     return utterances
 
 
@@ -348,17 +358,16 @@ def draw_other_utterances(rng, count, voices):
     ranges = {"mbrola": (MBROLA_SPEED_WPM, MBROLA_PITCH), "pico": (PICO_SPEED, PICO_PITCH)}
     utterances = []
     for _ in range(count):
-        num_digits_drawn = rng.integers(NUM_DIGITS[0], NUM_DIGITS[1] + 1)
-        words = [DIGIT_WORDS[d] for d in rng.integers(0, len(DIGIT_WORDS), size=num_digits_drawn)]
+        text = draw_digits(rng)
         voice = str(rng.choice(voices))
         (speed_low, speed_high), (pitch_low, pitch_high) = ranges[OTHER_VOICES[voice][0]]
         if OTHER_VOICES[voice][0] == "mbrola":
-            speed = int(round(np.exp(rng.uniform(np.log(speed_low), np.log(speed_high)))))
+            speed = int(round(log_uniform(rng, speed_low, speed_high)))
         else:
             speed = int(rng.integers(speed_low, speed_high + 1))
         pitch = int(rng.integers(pitch_low, pitch_high + 1))
-        voice_speed = float(np.exp(rng.uniform(np.log(VOICE_SPEED[0]), np.log(VOICE_SPEED[1]))))
-        utterances.append((" ".join(words), voice, speed, pitch, voice_speed))
+        voice_speed = log_uniform(rng, *VOICE_SPEED)
+        utterances.append((text, voice, speed, pitch, voice_speed))
     return utterances
 
 
