@@ -59,7 +59,7 @@ from brope_asr import (
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
-DEFAULT_MAX_STEPS = 2000
+DEFAULT_MAX_STEPS = 2300
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2}  # the embedded corpus's real people, a third of its training rows, are heard twice an epoch
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
 
