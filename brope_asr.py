@@ -81,6 +81,7 @@ __all__ = [
     "load_audio",
     "batch_inputs",
     "lengths_to_mask",
+    "conv_frames",
     "apply_rotary",
     "rotary_angles",
     "rotary_cos_sin",
