@@ -488,10 +488,10 @@ class Attention(nn.Module):
 
     Self-attention rotates queries and keys by (b)RoPE; cross-attention compares text with audio
     frames, whose positions live on another axis, so it uses none. The decoder's cache holds keys
-    *before* rotation: with bRoPE a token's position depends on the values of the tokens before it,
-    so positions are recomputed from the cached values at each step and all keys rotated then. That
-    costs O(S Dh) per step, the same order as the attention itself, and keeps one code path for
-    cached and uncached decoding.
+    *after* rotation: a token's position (with bRoPE, its index plus a shift from the values of the
+    triple ending at it) depends on tokens up to it only, so it never changes once computed, and a
+    step rotates only its new keys, from the last 2 k cached values and its own. Cached and
+    uncached decoding take the same path: without a cache the past is empty.
     """
 
     def __init__(self, config: BRoPEASRConfig, num_heads: int, kind: Literal["self", "causal", "cross"], layer_idx: int):
@@ -556,8 +556,9 @@ class Attention(nn.Module):
         if self.kind == "cross":
             k, v = self._cross_keys_values(context, cache)  # (B, H, T, Dh)
         else:
-            k, v = self._self_keys_values(x, cache)  # (B, H, S_total, Dh): cached past, then the new S
-            q, k = self._rotate(q, k, v, valid)
+            k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))  # (B, H, S, Dh): the new S
+            q, k = self._rotate(q, k, v, self._cached_values(cache), valid)
+            k, v = self._append_to_cache(k, v, cache)  # (B, H, S_total, Dh): cached past, then the new S
             if self.kind == "causal":
                 mask, is_causal = _causal_mask(q.shape[2], k.shape[2], x.device)
         blend, temperature = self.blend_and_temperature()
@@ -565,33 +566,45 @@ class Attention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(x.shape))  # (B, S, D)
 
     def _rotate(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: torch.Tensor | None, valid: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b)RoPE: key j at position j (plus its betweenness shift), the S queries at the last S positions.
+        """(b)RoPE: the S new tokens, after P cached ones, at positions P ... P + S - 1 (plus their betweenness shifts).
 
-        Args: q (B, H, S, Dh); k, v (B, H, S_total, Dh); valid (B, S_total) bool or None.
+        Args: q, k, v (B, H, S, Dh) of the new tokens; past (B, H, P, Dh) cached values or None
+            (P = 0); valid (B, S) bool or None.
         Returns: rotated q and k, shapes unchanged.
         """
-        total, length = k.shape[2], q.shape[2]
-        positions = torch.arange(total, device=q.device, dtype=torch.float32)  # (S_total,)
+        first, length = (past.shape[2] if past is not None else 0), q.shape[2]
+        positions = torch.arange(first, first + length, device=q.device, dtype=torch.float32)  # (S,)
         if self.betweenness is not None:
-            positions = positions + self.betweenness(v, causal=self.kind == "causal", valid=valid)  # (B, 1, S_total)
-        angles = rotary_angles(positions, self.inv_freq(q.device))  # (..., S_total, Dh / 2): shared by q and k
-        return Rotation.apply(q, angles[..., total - length :, :]), Rotation.apply(k, angles)
+            if past is not None:  # the triple ending at each new token reaches 2 k tokens back
+                v = torch.cat([past[:, :, max(first - 2 * self.betweenness.offset, 0) :], v], dim=2)
+            shift = self.betweenness(v, causal=self.kind == "causal", valid=valid)  # (B, 1, S + what past it kept)
+            positions = positions + shift[..., v.shape[2] - length :]  # (B, 1, S)
+        angles = rotary_angles(positions, self.inv_freq(q.device))  # (..., S, Dh / 2): shared by q and k
+        return Rotation.apply(q, angles), Rotation.apply(k, angles)
 
     # Cache bookkeeping, apart from the maths: transformers' EncoderDecoderCache holds the decoder's
-    # past keys/values (self-attention) and the encoder's keys/values (cross-attention, computed once).
+    # past rotated keys and values (self-attention) and the encoder's keys/values (cross-attention,
+    # computed once).
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S, D) -> (B, H, S, Dh)."""
         return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _self_keys_values(self, x: torch.Tensor, cache: EncoderDecoderCache | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of x (B, S, D), after the cached past ones: each (B, H, S_total, Dh)."""
-        k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
-        if cache is not None:
-            k, v = cache.self_attention_cache.update(k, v, self.layer_idx)
-        return k, v
+    def _cached_values(self, cache: EncoderDecoderCache | None) -> torch.Tensor | None:
+        """(B, H, P, Dh) the values of the P tokens cached before this step, or None if there are none."""
+        if cache is None or cache.self_attention_cache.get_seq_length(self.layer_idx) == 0:
+            return None
+        return cache.self_attention_cache.layers[self.layer_idx].values
+
+    def _append_to_cache(
+        self, k: torch.Tensor, v: torch.Tensor, cache: EncoderDecoderCache | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new rotated keys and values (B, H, S, Dh) after the cached past ones: each (B, H, S_total, Dh)."""
+        if cache is None:
+            return k, v
+        return cache.self_attention_cache.update(k, v, self.layer_idx)
 
     def _cross_keys_values(
         self, context: torch.Tensor, cache: EncoderDecoderCache | None

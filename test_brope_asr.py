@@ -1176,6 +1176,24 @@ def test_cached_decoding_steps_match_a_full_forward(use_betweenness, blend_atten
         assert_close(step.logits, full[:, start:end], atol=1e-5)
 
 
+@pytest.mark.parametrize("use_betweenness", [False, True])
+def test_a_cached_decoding_step_rotates_only_its_new_tokens(use_betweenness, monkeypatch):
+    # The cache holds rotated keys: a token's (b)RoPE position never changes once computed, so a
+    # step must not rotate the whole past again (O(S) work per step, not O(S_total)).
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(use_betweenness=use_betweenness))
+    inputs = audio_inputs(model.config, 3000)
+    encoder_outputs = model.encoder(**inputs)
+    rotated, apply = [], brope_asr.Rotation.apply
+    monkeypatch.setattr(brope_asr.Rotation, "apply", lambda x, angles: rotated.append(x.shape[2]) or apply(x, angles))
+    cache, ids = None, decoder_ids(1, 9)
+    for start, end in ((0, 6), (6, 7), (7, 8), (8, 9)):
+        rotated.clear()
+        cache = model(encoder_outputs=encoder_outputs, decoder_input_ids=ids[:, start:end], cache=cache, use_cache=True).cache
+        assert rotated and set(rotated) == {end - start}  # queries and keys of the new tokens only
+    assert cache.get_seq_length() == 9
+
+
 @pytest.mark.parametrize("features_on", [False, True])
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_cached_generation_equals_uncached(num_beams, features_on):
