@@ -359,6 +359,27 @@ def test_blended_scores_have_rank_twice_the_head_width_so_no_narrower_dot_produc
     assert torch.linalg.matrix_rank(blended - blended.mean(dim=1, keepdim=True)) >= 2 * width - 1
 
 
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_dropout_zeroes_p_of_the_elements_independently_and_scales_the_rest(p):
+    torch.manual_seed(0)
+    dropout = brope_asr.Dropout(p).train()
+    x = torch.ones(1000, 1001, requires_grad=True)  # an element count no multiple of 4: the last draw is cut
+    y = dropout(x)
+    kept = y != 0
+    n = kept.numel()
+    assert abs((1 - kept.float().mean().item()) - p) < 5 * math.sqrt(p * (1 - p) / n)
+    assert ((y[kept] * (1 - p) - 1).abs() < 1e-4).all()
+    # Neighbours (the four words of one draw, and across draws) are independent: no correlation.
+    flat = kept.flatten().float()
+    for lag in (1, 2, 3, 4):
+        assert abs(torch.corrcoef(torch.stack([flat[:-lag], flat[lag:]]))[0, 1].item()) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d y / d x is the mask times the scale
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)  # torch's seeded generator, as nn.Dropout
+    assert torch.equal(dropout.eval()(x), x) and torch.equal(brope_asr.Dropout(0.0).train()(x), x)
+
+
 # ----------------------------------------------------------------------------------------- learned mixes
 
 
