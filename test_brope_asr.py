@@ -1937,6 +1937,57 @@ def test_same_seed_gives_the_same_metrics_and_a_resumed_run_reaches_them(tmp_pat
     assert model.num_parameters() > 0
 
 
+def test_weight_average_follows_its_recurrence_and_swaps_back_exactly():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model[1].bias.requires_grad_(False)  # frozen: not averaged
+    average = train_hf.WeightAverage(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    for t in range(1, 40):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        rate = 1 - min(0.9, (1 + t) / (10 + t))
+        expected = [e + rate * (p.detach() - e) for e, p in zip(expected, (p for p in model.parameters() if p.requires_grad))]
+        average.on_step_end(None, transformers.TrainerState(global_step=t), None)
+    assert all(torch.allclose(a, e, atol=1e-6) for a, e in zip(average.average, expected))
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    with average.swapped():
+        assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip((p for p in model.parameters() if p.requires_grad), expected))
+        assert torch.equal(model[1].bias, weights["1.bias"])  # the frozen one stays
+        assert set(average.state_dict()) == {"0.weight", "0.bias", "1.weight"}
+        assert all(torch.equal(average.state_dict()[name], weights[name]) for name in average.state_dict())
+    assert all(torch.equal(p, weights[name]) for name, p in model.named_parameters())  # bit for bit back
+    with pytest.raises(ValueError, match="decay"):
+        train_hf.WeightAverage(model, decay=1.0)
+
+
+@pytest.mark.slow
+def test_a_weight_averaged_run_keeps_the_average_and_resumes_to_the_same_model(tmp_path):
+    data, _ = small_corpus(tmp_path / "data", train=8, validation=2, test=2)
+    whole = run_train(data, tmp_path / "whole", "--seed", "3", "--ema-decay", "0.5")
+    plain = run_train(data, tmp_path / "plain", "--seed", "3")
+    checkpoint = tmp_path / "whole" / f"checkpoint-{whole['best_step']}"
+    averaged = BRoPEASRForConditionalGeneration.from_pretrained(checkpoint).state_dict()
+    own = torch.load(checkpoint / train_hf.TRAINING_WEIGHTS, weights_only=True)
+    plain_weights = BRoPEASRForConditionalGeneration.from_pretrained(tmp_path / "plain" / f"checkpoint-{whole['best_step']}").state_dict()
+    assert all(torch.equal(own[name], plain_weights[name]) for name in own)  # averaging never changes the training itself
+    assert any(not torch.equal(own[name], averaged[name]) for name in own)  # the checkpoint's model is the average
+    kept = BRoPEASRForConditionalGeneration.from_pretrained(tmp_path / "whole").state_dict()
+    assert all(torch.equal(kept[name], averaged[name]) for name in averaged)  # the best average is the model kept and tested
+    interrupted = tmp_path / "interrupted"
+    run_train(data, interrupted, "--seed", "3", "--ema-decay", "0.5")
+    for path in [interrupted / "checkpoint-4", *interrupted.glob("*.safetensors")]:
+        subprocess.run(["rm", "-rf", str(path)], check=True)  # as if killed after the step-2 checkpoint
+    resumed = run_train(data, interrupted, "--seed", "3", "--ema-decay", "0.5", "--resume")
+    assert resumed["test_wer"] == whole["test_wer"] and resumed["test_loss"] == pytest.approx(whole["test_loss"])
+    final = BRoPEASRForConditionalGeneration.from_pretrained(interrupted).state_dict()
+    assert all(torch.allclose(final[name], kept[name], atol=1e-6) for name in kept)
+    with pytest.raises(ValueError, match="without --ema-decay"):
+        run_train(data, tmp_path / "plain", "--seed", "3", "--ema-decay", "0.5", "--resume")
+    with pytest.raises(ValueError, match="--ema-decay"):
+        run_train(data, tmp_path / "bad", "--ema-decay", "1")
+
+
 # Every pair of two toggles' values, in 6 runs instead of all 12 combinations (each costs two processes'
 # start-up): an option that DDP trips on (an unused parameter, a rank-dependent branch) shows in any of its runs.
 TORCHRUN_TOGGLES = [

@@ -22,6 +22,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -38,6 +39,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
     TrainerCallback,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from brope_asr import (
     HOP_LENGTH,
@@ -61,6 +63,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
 DEFAULT_MAX_STEPS = 2300
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2}  # the embedded corpus's real people, a third of its training rows, are heard twice an epoch
+TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
 
 
@@ -859,6 +862,55 @@ def length_parts(inputs: dict[str, torch.Tensor], count: int) -> list[dict[str, 
     return parts
 
 
+class WeightAverage(TrainerCallback):
+    """An exponential moving average of the model's trainable weights (Polyak averaging), which
+    evaluation and checkpoints use in place of the weights themselves.
+
+    After optimizer step t the average moves toward the weights by 1 - d_t, d_t = min(decay,
+    (1 + t) / (10 + t)): early on, when the weights move fast and the start is noise, the average
+    follows them closely; from a few hundred steps on it remembers about 1 / (1 - decay) steps.
+    `swapped()` exchanges the average and the weights in place (no second model), so evaluation and
+    a saved checkpoint see the average while training goes on from its own weights.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"the weight average's decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for _, p in self.named]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t = state.global_step
+        weights = [p.detach() for _, p in self.named]
+        torch._foreach_lerp_(self.average, weights, 1 - min(self.decay, (1 + t) / (10 + t)))  # as torch's swa_utils
+
+    @contextmanager
+    def swapped(self):
+        """Within the block the model holds the average (and `average` the weights); swapped back after."""
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    @torch.no_grad()
+    def _swap(self):
+        for (_, p), a in zip(self.named, self.average):
+            kept = p.detach().clone()
+            p.copy_(a)
+            a.copy_(kept)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The half not in the model, by parameter name (during `swapped()`: the weights training goes on from)."""
+        return {name: a for (name, _), a in zip(self.named, self.average)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]):
+        with torch.no_grad():
+            for (name, _), a in zip(self.named, self.average):
+                a.copy_(state[name])
+
+
 class ASRTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer that stops on a non-finite loss, naming the step, instead of training on, and
     gives the learned mixes their own optimizer group: no weight decay (decay would pull each mix
@@ -866,16 +918,56 @@ class ASRTrainer(Seq2SeqTrainer):
     from `train_sampler` when one is given (`PlannedBatches`), and runs each training batch's
     forward and backward in `micro_batches` passes over clips of like length (`length_parts`),
     whose token-weighted losses sum to the batch's: the same step with less padding (in one
-    process and without a CTC loss: `splits_batches`).
+    process and without a CTC loss: `splits_batches`). With `ema_decay` > 0 it keeps a moving average
+    of the weights (`WeightAverage`) that evaluation, checkpoints, and so the best model kept at the
+    end, use instead of the weights; each checkpoint also holds the weights themselves
+    (`TRAINING_WEIGHTS`), from which `--resume` goes on.
     """
 
     def __init__(self, *args, mix_learning_rate_scale: float = 1.0, train_sampler: torch.utils.data.Sampler | None = None,
-                 micro_batches: int = 1, **kwargs):
+                 micro_batches: int = 1, ema_decay: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.mix_learning_rate_scale, self.train_sampler, self.micro_batches = mix_learning_rate_scale, train_sampler, micro_batches
         self.frames = Counter()  # mel frames the model processed in training: "real" and "padded"
+        self.weight_average = WeightAverage(self.model, ema_decay) if ema_decay else None
+        if self.weight_average is not None:
+            self.add_callback(self.weight_average)
+
+    def averaged(self):
+        """A block in which the model holds the weight average (a no-op without one)."""
+        return self.weight_average.swapped() if self.weight_average is not None else nullcontext()
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if self.weight_average is not None:  # the model is now the best checkpoint's average; without one loaded, take the last average
+            if not (self.args.load_best_model_at_end and self.state.best_model_checkpoint):
+                self.weight_average._swap()
+            self.remove_callback(self.weight_average)
+            self.weight_average = None
+        return output
+
+    def evaluate(self, *args, **kwargs):
+        with self.averaged():
+            return super().evaluate(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        with self.averaged():  # the checkpoint's model is the average; the weights training goes on from sit beside it
+            super()._save_checkpoint(model, trial)
+            if self.weight_average is not None and self.args.should_save:
+                folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                torch.save(self.weight_average.state_dict(), folder / TRAINING_WEIGHTS)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)  # the model now holds the checkpoint's average
+        if self.weight_average is not None:
+            path = Path(resume_from_checkpoint) / TRAINING_WEIGHTS
+            if not path.exists():
+                raise ValueError(f"{resume_from_checkpoint} has no {TRAINING_WEIGHTS}: it was saved without --ema-decay; "
+                                 "resume with the flags it was trained with")
+            self.weight_average.load_state_dict(torch.load(path, weights_only=True))
+            self.weight_average._swap()
 
     def splits_batches(self) -> bool:
         """Whether training batches run as micro-batches: not with a CTC loss (a mean over clips, not tokens),
@@ -1207,6 +1299,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--mix-learning-rate-scale", type=float, default=1.0,
                        help="learning rate of the learned mixes (gates, blends, temperatures) relative to the rest")
     train.add_argument("--warmup-steps", type=int, default=100)
+    train.add_argument("--ema-decay", type=float, default=0.0,
+                       help="evaluate, keep and test a moving average of the weights with this decay (0 = off: the weights themselves)")
     train.add_argument("--eval-steps", type=int, default=500, help="evaluate (and checkpoint) every this many steps")
     train.add_argument("--num-beams", type=int, default=1, help="beam width for evaluation decoding")
     train.add_argument("--seed", type=int, default=0)
@@ -1224,6 +1318,8 @@ def check_args(args: argparse.Namespace):
         raise ValueError("--group-by-length needs every clip's length up front; it cannot be combined with --streaming")
     if args.source_repeats and (args.streaming or args.group_by_length):
         raise ValueError("--source-repeats needs the planned batches, which --streaming and --group-by-length replace")
+    if not 0 <= args.ema_decay < 1:
+        raise ValueError(f"--ema-decay must be in [0, 1) (0 = off), got {args.ema_decay}")
     if args.sorted_batches < 1:
         raise ValueError(f"--sorted-batches must be at least 1 (1 = random batches), got {args.sorted_batches}")
 
@@ -1410,6 +1506,7 @@ def main(argv=None) -> dict:
         mix_learning_rate_scale=args.mix_learning_rate_scale,
         train_sampler=planner,
         micro_batches=args.micro_batches,
+        ema_decay=args.ema_decay,
     )
     if trainer.is_world_process_zero():
         print_setup(model, config, tokenizer, prepared, args, augmentations, pools, planner)
