@@ -32,6 +32,9 @@ References:
     identification and verification, JASA 1974 (cepstral mean normalization)
 [11] Viikki and Laurila, Cepstral domain segmental feature vector normalization for noise robust
     speech recognition, Speech Communication 1998 (mean and variance normalization)
+[12] Szegedy et al., Rethinking the Inception Architecture for Computer Vision, arXiv:1512.00567 (label
+    smoothing); Chorowski and Jaitly, Towards better decoding and language model integration in sequence
+    to sequence models, arXiv:1612.02695 (its use in attention-based speech recognition)
 """
 
 import argparse
@@ -166,6 +169,7 @@ class BRoPEASRConfig(PreTrainedConfig):
     blend_attention: bool = False  # similarity = b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) [3]
     attention_max_temperature: float = 100.0  # clamp of the cosine temperature tau, as Swin V2 [3]
     ctc_weight: float = 0.0  # weight of an auxiliary CTC loss on the encoder [6]; 0 builds no CTC head
+    label_smoothing: float = 0.0  # e: training's token targets are (1 - e) one-hot + e uniform [12]; evaluation's loss stays plain
     max_tokens_per_second: float = 30.0  # generate writes at most ceil(rate x seconds) + 1 tokens per clip
 
     @classmethod
@@ -226,6 +230,8 @@ class BRoPEASRConfig(PreTrainedConfig):
             raise ValueError(f"betweenness_offset must be >= 1, got {self.betweenness_offset}")
         if not self.max_tokens_per_second > 0:
             raise ValueError(f"max_tokens_per_second must be > 0, got {self.max_tokens_per_second}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1) (0 = plain cross-entropy), got {self.label_smoothing}")
         if self.ctc_weight < 0:
             raise ValueError(f"ctc_weight must be >= 0 (0 turns CTC off), got {self.ctc_weight}")
         for token_field in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
@@ -1501,8 +1507,9 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
             use_cache: return the cache for incremental decoding.
             return_dict: False returns a tuple.
         Returns:
-            `Seq2SeqLMOutput`: loss (token cross-entropy, + ctc_weight x CTC when on and labels are
-            given), logits (B, S, V), cache, encoder_last_hidden_state (B, T', D).
+            `Seq2SeqLMOutput`: loss (token cross-entropy, label-smoothed in training when
+            `label_smoothing` > 0, + ctc_weight x CTC when on and labels are given), logits (B, S, V),
+            cache, encoder_last_hidden_state (B, T', D).
         """
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_features, waveform, attention_mask)
@@ -1524,7 +1531,8 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            smoothing = self.config.label_smoothing if self.training else 0.0  # validation losses stay comparable across runs
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, label_smoothing=smoothing)
             if self.ctc_head is not None:
                 loss = loss + self.config.ctc_weight * self.ctc_loss(audio, valid, labels)
         output = Seq2SeqLMOutput(

@@ -875,6 +875,26 @@ def test_loss_is_cross_entropy_plus_weighted_ctc(input_mode):
     assert_close(output.loss, without_ctc(**inputs, labels=labels).loss + weight * ctc_loss, atol=1e-5)
 
 
+def test_label_smoothing_mixes_the_uniform_target_into_training_loss_only():
+    torch.manual_seed(0)
+    smoothing = 0.2
+    model = move_off_init(tiny_model(label_smoothing=smoothing, dropout=0.0))
+    inputs = audio_inputs(model.config, 4000, 2500)
+    labels = torch.tensor([[5, 6, 7, 8, 2], [9, 10, 2, -100, -100]])
+    evaluated = model.eval()(**inputs, labels=labels)
+    trained = model.train()(**inputs, labels=labels)
+    # Independent reference over the 8 real tokens: (1 - e) x their negative log-likelihood + e x the
+    # mean over the vocabulary of -log p (the cross-entropy with the uniform distribution).
+    log_probs = evaluated.logits.log_softmax(-1)[labels != -100]
+    targets = labels[labels != -100]
+    nll = -log_probs.gather(-1, targets[:, None]).mean()
+    assert_close(evaluated.loss, nll, atol=1e-5)  # evaluation: plain cross-entropy, comparable across runs
+    assert_close(trained.logits, evaluated.logits, atol=1e-5)
+    assert_close(trained.loss, (1 - smoothing) * nll + smoothing * -log_probs.mean(), atol=1e-5)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        tiny_config(label_smoothing=1.0)
+
+
 @pytest.mark.parametrize(
     "disabled, absent",
     [
