@@ -216,6 +216,9 @@ class BRoPEASRConfig(PreTrainedConfig):
                     f"{heads_field}={heads} must divide d_model={self.d_model} into an even head width "
                     "(RoPE rotates pairs of channels)"
                 )
+        for layers_field in ("encoder_layers", "decoder_layers"):
+            if getattr(self, layers_field) < 1:
+                raise ValueError(f"{layers_field} must be >= 1, got {getattr(self, layers_field)}")
         if self.downsampling_factor not in (1, 2, 4, 8):
             raise ValueError(f"downsampling_factor must be 1, 2, 4 or 8 (stride-2 steps), got {self.downsampling_factor}")
         if self.spectrogram_max_hz is not None and not 0 < self.spectrogram_max_hz <= SAMPLE_RATE / 2:

@@ -891,8 +891,6 @@ def test_label_smoothing_mixes_the_uniform_target_into_training_loss_only():
     assert_close(evaluated.loss, nll, atol=1e-5)  # evaluation: plain cross-entropy, comparable across runs
     assert_close(trained.logits, evaluated.logits, atol=1e-5)
     assert_close(trained.loss, (1 - smoothing) * nll + smoothing * -log_probs.mean(), atol=1e-5)
-    with pytest.raises(ValueError, match="label_smoothing"):
-        tiny_config(label_smoothing=1.0)
 
 
 @pytest.mark.parametrize(
@@ -1032,6 +1030,9 @@ def test_from_pretrained_reproduces_logits(tmp_path, input_mode, learned_rope_fr
         ("encoder_attention_heads", 32),  # head width 1: no channel pair to rotate
         ("betweenness_offset", 0),
         ("ctc_weight", -0.5),
+        ("label_smoothing", 1.0),
+        ("encoder_layers", 0),
+        ("decoder_layers", 0),
         ("pad_token_id", VOCAB),
         ("bos_token_id", -1),
         ("eos_token_id", 99),
@@ -2598,3 +2599,14 @@ def test_compile_flag_reaches_the_training_arguments_and_is_off_by_default(tmp_p
     for flags, compiled in (([], False), (["--compile"], True)):
         args = train_hf.parse_args(["--output-dir", str(tmp_path), "--max-steps", "10", *flags])
         assert train_hf.training_arguments(args, max_label=8).torch_compile is compiled
+
+
+def test_model_flags_reach_the_config_and_unset_ones_keep_the_preset():
+    tokenizer = train_hf.build_tokenizer(["one two"])
+    preset = BRoPEASRConfig.from_preset("small")
+    default = train_hf.make_config(train_hf.parse_args([]), tokenizer)
+    assert (default.encoder_layers, default.decoder_layers, default.label_smoothing, default.dropout) == (
+        preset.encoder_layers, preset.decoder_layers, preset.label_smoothing, preset.dropout)
+    flags = ["--encoder-layers", "5", "--decoder-layers", "1", "--label-smoothing", "0.1", "--dropout", "0.2"]
+    config = train_hf.make_config(train_hf.parse_args(flags), tokenizer)
+    assert (config.encoder_layers, config.decoder_layers, config.label_smoothing, config.dropout) == (5, 1, 0.1, 0.2)

@@ -1255,6 +1255,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="the spectrogram front end reads the mel bins centred below HZ only; 0 for all (default: the preset's)")
     model.add_argument("--dropout", type=float, help="residual and embedding dropout (default: the preset's)")
     model.add_argument("--label-smoothing", type=float, help="label smoothing of the training loss (default: the preset's; 0 = plain)")
+    model.add_argument("--encoder-layers", type=int, help="transformer blocks in the encoder (default: the preset's)")
+    model.add_argument("--decoder-layers", type=int, help="transformer blocks in the decoder (default: the preset's)")
     model.add_argument("--downsampling-factor", type=int, choices=(1, 2, 4, 8), help="mel frames per encoder frame (default: the preset's)")
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", default=str(DATA_DIR), help="folder with metadata.csv (file_name,transcription,split)")
@@ -1357,6 +1359,8 @@ def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
         **({"downsampling_factor": args.downsampling_factor} if args.downsampling_factor else {}),
         **({"dropout": args.dropout} if args.dropout is not None else {}),
         **({"label_smoothing": args.label_smoothing} if args.label_smoothing is not None else {}),
+        **({"encoder_layers": args.encoder_layers} if args.encoder_layers is not None else {}),
+        **({"decoder_layers": args.decoder_layers} if args.decoder_layers is not None else {}),
         **({"absolute_encoder_positions": args.absolute_positions} if args.absolute_positions is not None else {}),
         **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
         **({"normalize_feature_variance": args.normalize_variance} if args.normalize_variance is not None else {}),
