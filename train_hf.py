@@ -888,14 +888,15 @@ class WeightAverage(TrainerCallback):
     @contextmanager
     def swapped(self):
         """Within the block the model holds the average (and `average` the weights); swapped back after."""
-        self._swap()
+        self.swap()
         try:
             yield
         finally:
-            self._swap()
+            self.swap()
 
     @torch.no_grad()
-    def _swap(self):
+    def swap(self):
+        """Exchange the average and the weights in place."""
         for (_, p), a in zip(self.named, self.average):
             kept = p.detach().clone()
             p.copy_(a)
@@ -943,7 +944,7 @@ class ASRTrainer(Seq2SeqTrainer):
         output = super().train(*args, **kwargs)
         if self.weight_average is not None:  # the model is now the best checkpoint's average; without one loaded, take the last average
             if not (self.args.load_best_model_at_end and self.state.best_model_checkpoint):
-                self.weight_average._swap()
+                self.weight_average.swap()
             self.remove_callback(self.weight_average)
             self.weight_average = None
         return output
@@ -967,7 +968,7 @@ class ASRTrainer(Seq2SeqTrainer):
                 raise ValueError(f"{resume_from_checkpoint} has no {TRAINING_WEIGHTS}: it was saved without --ema-decay; "
                                  "resume with the flags it was trained with")
             self.weight_average.load_state_dict(torch.load(path, weights_only=True))
-            self.weight_average._swap()
+            self.weight_average.swap()
 
     def splits_batches(self) -> bool:
         """Whether training batches run as micro-batches: not with a CTC loss (a mean over clips, not tokens),
