@@ -2601,6 +2601,12 @@ def test_compile_flag_reaches_the_training_arguments_and_is_off_by_default(tmp_p
         assert train_hf.training_arguments(args, max_label=8).torch_compile is compiled
 
 
+def test_weight_decay_flag_reaches_the_training_arguments(tmp_path):
+    for flags, decay in (([], 0.01), (["--weight-decay", "0.1"], 0.1)):
+        args = train_hf.parse_args(["--output-dir", str(tmp_path), "--max-steps", "10", *flags])
+        assert train_hf.training_arguments(args, max_label=8).weight_decay == decay
+
+
 def test_model_flags_reach_the_config_and_unset_ones_keep_the_preset():
     tokenizer = train_hf.build_tokenizer(["one two"])
     preset = BRoPEASRConfig.from_preset("small")

@@ -1303,6 +1303,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--mix-learning-rate-scale", type=float, default=1.0,
                        help="learning rate of the learned mixes (gates, blends, temperatures) relative to the rest")
     train.add_argument("--warmup-steps", type=int, default=100)
+    train.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's decoupled weight decay (never on biases, norms or the learned mixes)")
     train.add_argument("--ema-decay", type=float, default=0.0,
                        help="evaluate, keep and test a moving average of the weights with this decay (0 = off: the weights themselves)")
     train.add_argument("--eval-steps", type=int, default=500, help="evaluate (and checkpoint) every this many steps")
@@ -1384,7 +1385,7 @@ def training_arguments(args: argparse.Namespace, max_label: int) -> Seq2SeqTrain
         learning_rate=args.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=args.warmup_steps,
-        weight_decay=0.01,
+        weight_decay=args.weight_decay,
         max_grad_norm=1.0,
         eval_strategy="steps",
         eval_steps=args.eval_steps,
