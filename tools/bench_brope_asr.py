@@ -102,8 +102,8 @@ BASELINE_MAX_SECONDS = 30.0  # the straightforward bRoPE is skipped where one fo
 BASELINE_MAX_BYTES = 6e9  # ... or need more memory than this: the machine (24 GB) is shared
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # read once, at numpy's import
 # OpenBLAS's threads spin for 2^28 cycles (about 0.1 s) after each call before they sleep: interleaved with
-# a 1-ms torch call they took its cores (ours measured 578 clips/s after the numpy path, 1,583 with this),
-# and numpy's own path ran faster too (175 -> 271 clips/s). 2^4 cycles: they sleep at once.
+# a 1-ms torch call they took its cores (ours measured 578 clips/s after the numpy path, 1,289-1,583 with
+# this), while numpy's own path stayed as fast (175-187 clips/s). 2^4 cycles: they sleep at once.
 BLAS_SPIN = {"OPENBLAS_THREAD_TIMEOUT": "4"}
 
 
