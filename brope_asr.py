@@ -1546,8 +1546,10 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def ctc_loss(self, audio: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CTC [6] of the encoder states against the transcript (special tokens dropped), blank = pad.
 
-        Args: audio (B, T', D); valid (B, T') bool; labels (B, S). Returns: scalar, mean over the batch
-        of the per-clip loss divided by its target length (PyTorch's "mean" reduction).
+        Args: audio (B, T', D); valid (B, T') bool; labels (B, S). Returns: scalar, the clips' summed
+        loss divided by the labels' token count (labels != -100, eos included): the denominator of the
+        cross-entropy, so both are means over the same tokens and a batch's loss is the token-weighted
+        sum of its parts' (`train_hf.length_parts`).
         """
         special = torch.tensor(
             [self.config.pad_token_id, self.config.bos_token_id, self.config.eos_token_id], device=labels.device
@@ -1560,8 +1562,9 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
             input_lengths=valid.sum(1),
             target_lengths=keep.sum(1),
             blank=self.config.pad_token_id,
+            reduction="sum",
             zero_infinity=True,  # a clip too short for its transcript gives no gradient instead of inf
-        )
+        ) / (labels != -100).sum()
 
     @torch.no_grad()
     def generate(

@@ -919,7 +919,7 @@ class ASRTrainer(Seq2SeqTrainer):
     from `train_sampler` when one is given (`PlannedBatches`), and runs each training batch's
     forward and backward in `micro_batches` passes over clips of like length (`length_parts`),
     whose token-weighted losses sum to the batch's: the same step with less padding (in one
-    process and without a CTC loss: `splits_batches`). With `ema_decay` > 0 it keeps a moving average
+    process: `splits_batches`). With `ema_decay` > 0 it keeps a moving average
     of the weights (`WeightAverage`) that evaluation, checkpoints, and so the best model kept at the
     end, use instead of the weights; each checkpoint also holds the weights themselves
     (`TRAINING_WEIGHTS`), from which `--resume` goes on.
@@ -971,10 +971,10 @@ class ASRTrainer(Seq2SeqTrainer):
             self.weight_average.swap()
 
     def splits_batches(self) -> bool:
-        """Whether training batches run as micro-batches: not with a CTC loss (a mean over clips, not tokens),
-        nor under torchrun, where DDP reduces gradients at every backward and expects each to reach every
-        parameter (a part of non-speech alone has a one-token decoder, whose bRoPE gate then gets none)."""
-        return self.micro_batches > 1 and self.model.config.ctc_weight == 0 and self.accelerator.num_processes == 1
+        """Whether training batches run as micro-batches: not under torchrun, where DDP reduces gradients at
+        every backward and expects each to reach every parameter (a part of non-speech alone has a
+        one-token decoder, whose bRoPE gate then gets none)."""
+        return self.micro_batches > 1 and self.accelerator.num_processes == 1
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         whole = not self.splits_batches()
