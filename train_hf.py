@@ -62,6 +62,7 @@ from brope_asr import (
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
 DEFAULT_MAX_STEPS = 2300
+RESCORING_BEAMS = 4  # decoding's beam width when CTC rescores it: 4 hypotheses per clip (README, CTC)
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2}  # the embedded corpus's real people, a third of its training rows, are heard twice an epoch
 TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
@@ -1244,7 +1245,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--input-mode", choices=("spectrogram", "waveform", "both"), default="spectrogram")
     model.add_argument("--betweenness", action=argparse.BooleanOptionalAction, default=False, help="bRoPE position shifts")
     model.add_argument("--blend-attention", action=argparse.BooleanOptionalAction, default=False, help="dot/cosine blend")
-    model.add_argument("--ctc-weight", type=float, default=0.0, help="weight of the auxiliary CTC loss (0 = off)")
+    model.add_argument("--ctc-weight", type=float, help="weight of the auxiliary CTC loss (0 = off; default: the preset's)")
+    model.add_argument("--ctc-rescoring-weight", type=float,
+                       help="L: beam search keeps each clip's best (1 - L) log p_att + L log p_CTC (0 = the beam's order; default: the config's)")
     model.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, help="per-clip log-mel mean removal (default: the preset's)")
     model.add_argument("--spectrogram-floor-db", type=float,
                        help="raise every log-mel cell to the clip's loudest minus this many dB (0: Whisper's 80; default: the preset's)")
@@ -1307,7 +1310,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--ema-decay", type=float, default=0.0,
                        help="evaluate, keep and test a moving average of the weights with this decay (0 = off: the weights themselves)")
     train.add_argument("--eval-steps", type=int, default=500, help="evaluate (and checkpoint) every this many steps")
-    train.add_argument("--num-beams", type=int, default=1, help="beam width for evaluation decoding")
+    train.add_argument("--num-beams", type=int,
+                       help=f"beam width of decoding, saved with the model (default: {RESCORING_BEAMS} with CTC rescoring, else 1 = greedy)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model (transformers' torch_compile); off by default, see README")
@@ -1357,7 +1361,8 @@ def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
         input_mode=args.input_mode,
         use_betweenness=args.betweenness,
         blend_attention=args.blend_attention,
-        ctc_weight=args.ctc_weight,
+        **({"ctc_weight": args.ctc_weight} if args.ctc_weight is not None else {}),
+        **({"ctc_rescoring_weight": args.ctc_rescoring_weight} if args.ctc_rescoring_weight is not None else {}),
         **({"downsampling_factor": args.downsampling_factor} if args.downsampling_factor else {}),
         **({"dropout": args.dropout} if args.dropout is not None else {}),
         **({"label_smoothing": args.label_smoothing} if args.label_smoothing is not None else {}),
@@ -1467,6 +1472,8 @@ def main(argv=None) -> dict:
     splits = load_splits(args)
     tokenizer = make_tokenizer(args, splits["train"])
     config = make_config(args, tokenizer)
+    if args.num_beams is None:
+        args.num_beams = RESCORING_BEAMS if config.ctc_weight > 0 and config.ctc_rescoring_weight > 0 else 1
     skip_bad = args.on_bad_audio == "skip"
     augmentations = parse_augmentations(args.augment)
     varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
@@ -1501,6 +1508,7 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(args.seed)  # the model is built before Trainer seeds
     model = BRoPEASRForConditionalGeneration(config)
+    model.generation_config.num_beams = args.num_beams  # saved with the model: transcribe and the pipeline decode as evaluation did
     table, tracker = MetricsTable(), MixTracker(every=min(50, args.eval_steps))
     trainer = ASRTrainer(
         model=model,
