@@ -1031,6 +1031,7 @@ def test_from_pretrained_reproduces_logits(tmp_path, input_mode, learned_rope_fr
         ("encoder_attention_heads", 32),  # head width 1: no channel pair to rotate
         ("betweenness_offset", 0),
         ("ctc_weight", -0.5),
+        ("ctc_rescoring_weight", 1.5),
         ("label_smoothing", 1.0),
         ("encoder_layers", 0),
         ("decoder_layers", 0),
@@ -1261,6 +1262,44 @@ def test_cached_generation_equals_uncached(num_beams, features_on):
     assert len(cached.scores) == len(uncached.scores) == 8
     for cached_scores, uncached_scores in zip(cached.scores, uncached.scores):
         assert_close(cached_scores, uncached_scores, atol=1e-4)
+
+
+def test_ctc_rescoring_keeps_each_clips_beam_hypothesis_with_the_best_joint_score():
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(ctc_weight=0.3))
+    inputs = audio_inputs(model.config, 3000, 4500, 2000, 5000)
+    beams, options = 4, dict(max_new_tokens=6, no_repeat_ngram_size=1)  # no repeats: hypotheses that differ
+    model.config.ctc_rescoring_weight = 0.0  # the beam alone: its 4 hypotheses per clip, best first
+    nbest = model.generate(**inputs, num_beams=beams, num_return_sequences=beams, **options)  # (4 x 4, S)
+    assert torch.equal(model.generate(**inputs, num_beams=beams, **options), nbest[::beams])
+
+    # Independent scores: the decoder's summed log-probabilities of each hypothesis up to its first
+    # eos, and CTC's log-likelihood of it without eos (F.ctc_loss of the CTC head on the real frames).
+    encoded = model(**inputs, decoder_input_ids=nbest[::beams, :1])
+    log_probs = model.ctc_head(encoded.encoder_last_hidden_state).log_softmax(-1)  # (4, T', V)
+    frames = model.encoder.output_valid(inputs["attention_mask"]).sum(1)
+    attention, ctc = [], []
+    for row, hypothesis in enumerate(nbest.tolist()):
+        clip, tokens = row // beams, hypothesis[1:]
+        tokens = tokens[: tokens.index(2) + 1] if 2 in tokens else tokens  # up to its eos
+        clip_inputs = {name: value[clip : clip + 1] for name, value in inputs.items()}
+        logits = model(**clip_inputs, labels=torch.tensor([tokens])).logits[0]
+        attention.append(logits.log_softmax(-1)[torch.arange(len(tokens)), tokens].sum())
+        target = [token for token in tokens if token > 3]
+        ctc.append(-F.ctc_loss(log_probs[clip, : frames[clip], None], torch.tensor([target]), [int(frames[clip])],
+                               [len(target)], blank=0, reduction="sum"))
+    attention, ctc = torch.stack(attention), torch.stack(ctc)
+    chosen = []
+    for weight in (0.3, 1.0):
+        model.config.ctc_rescoring_weight = weight
+        best = ((1 - weight) * attention + weight * ctc).view(-1, beams).argmax(1)
+        rescored = model.generate(**inputs, num_beams=beams, **options)
+        assert torch.equal(rescored, nbest.view(4, beams, -1)[torch.arange(4), best])
+        chosen.append(best)
+    assert any(bool((best != 0).any()) for best in chosen)  # the rescoring changed a choice
+    assert torch.equal(model.generate(**inputs, **options), model.generate(**inputs, num_beams=1, **options))  # greedy: no beam
+    with pytest.raises(ValueError, match="ctc_rescoring_weight"):
+        model.generate(**inputs, num_beams=beams, num_return_sequences=2, **options)
 
 
 # ------------------------------------------------------------------- Hugging Face: Auto classes, pipeline
@@ -1625,6 +1664,7 @@ def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
     assert set(history[0]) == set(train_hf.MetricsTable.COLUMNS)
     assert (output / "model.safetensors").exists() and (output / "checkpoint-4" / "model.safetensors").exists()
     assert (output / "brope_asr.py").exists() and (output / "processor_config.json").exists()
+    assert transformers.GenerationConfig.from_pretrained(output).num_beams == train_hf.RESCORING_BEAMS  # decodes as evaluated
     processor = transformers.AutoProcessor.from_pretrained(output)  # saved with the model, found by AutoProcessor
     assert isinstance(processor, brope_asr.BRoPEASRProcessor) and processor.feature_extractor.input_mode == "both"
     with open(output / "mixes.csv", newline="") as file:
