@@ -1565,6 +1565,24 @@ def test_token_scores_on_hand_worked_example():
     assert scores == pytest.approx({"accuracy": 3 / 5, "precision": 3 / 5, "recall": 3 / 5, "f1": 3 / 5})
 
 
+def test_token_scores_of_a_prediction_count_only_the_transcript_and_its_eos():
+    # Seq2SeqTrainer pads each batch's labels to the generation length with the pad token (0), not
+    # -100; greedy search pads a finished row with the pad token, beam search with eos (2). The
+    # same correct transcript must score the same either way, and the padding must not count.
+    tokenizer = train_hf.build_tokenizer(["one two"])
+    one, two = (tokenizer(word, add_special_tokens=False).input_ids for word in ("one", "two"))
+    labels = np.array([[*one, 2, 0, 0, -100], [*two, 2, 0, 0, 0]])  # two batches' padding: 0s, then -100
+    greedy = np.array([[1, *one, 2, 0, 0, 0], [1, *two, 2, 0, 0, 0]])
+    beam = np.array([[1, *one, 2, 2, 2, 2], [1, *two[:2], one[1], 2, 2, 2, 2]])  # the second row ends "twn"
+    scores = []
+    for generated in (greedy, beam):
+        prediction = transformers.trainer_utils.PredictionOutput(predictions=generated, label_ids=labels, metrics={})
+        hypotheses, references, aligned, kept = train_hf.decode_prediction(prediction, tokenizer)
+        assert references == ["one", "two"] and (kept != -100).sum() == 8  # 3 letters and eos, twice
+        scores.append(brope_asr.token_scores(aligned, kept)["accuracy"])
+    assert scores == [1.0, 7 / 8]
+
+
 def test_token_scores_reject_unusable_inputs():
     with pytest.raises(ValueError, match="one shape"):
         brope_asr.token_scores(torch.zeros(2, 3), torch.zeros(2, 4))

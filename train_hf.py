@@ -1023,8 +1023,16 @@ class ASRTrainer(Seq2SeqTrainer):
 
 
 def decode_prediction(prediction, tokenizer) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """A Trainer prediction -> (hypotheses, references, generated ids aligned to the labels, labels)."""
+    """A Trainer prediction -> (hypotheses, references, generated ids aligned to the labels, labels with -100
+    on every position that is not the transcript or its eos).
+
+    Seq2SeqTrainer pads each batch's labels to the generation length with the pad token, not -100;
+    padding never is a target, so those positions are ignored too, or the token scores would count a
+    decode's own padding after eos as correct tokens (greedy search pads with the pad token, beam
+    search with eos).
+    """
     generated, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+    labels = np.where(labels == tokenizer.pad_token_id, -100, labels)
     generated = np.where(generated < 0, tokenizer.pad_token_id, generated)[:, 1:]
     width = labels.shape[1]
     aligned = np.full_like(labels, tokenizer.pad_token_id)
