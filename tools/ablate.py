@@ -11,7 +11,7 @@ and the learned blend values at the end:
     python -m tools.ablate --quick                 # 12 cells x 1 seed x 30 steps, a look in about 2 minutes
     python -m tools.ablate --threads 1             # one torch thread per run: much faster on shared cores
     python -m tools.ablate --modes spectrogram --betweenness off on --blend off --seeds 5
-    python -m tools.ablate -- --ctc-weight 0.3     # options after -- go to every train_hf.py run
+    python -m tools.ablate -- --ctc-weight 0       # options after -- go to every train_hf.py run (here: no CTC)
 
 Layout: <output-dir>/<cell>/seed<k>/ is a train_hf run directory (model, tokenizer, metrics.csv)
 plus result.json. A run whose result.json exists is not trained again, so a stopped grid resumes
