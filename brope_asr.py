@@ -173,6 +173,11 @@ class BRoPEASRConfig(PreTrainedConfig):
     label_smoothing: float = 0.0  # e: training's token targets are (1 - e) one-hot + e uniform [12]; evaluation's loss stays plain
     max_tokens_per_second: float = 30.0  # generate writes at most ceil(rate x seconds) + 1 tokens per clip
 
+    @property
+    def rescores_with_ctc(self) -> bool:
+        """Whether beam search's hypotheses are rescored with CTC (`ctc_rescore`): a CTC head and a weight > 0."""
+        return self.ctc_weight > 0 and self.ctc_rescoring_weight > 0
+
     @classmethod
     def from_preset(cls, name: Literal["small", "base"], **overrides) -> "BRoPEASRConfig":
         """A named size: "small" trains on 2 CPU cores in minutes; "base" is a ~55 M model for real corpora on a GPU.
@@ -1607,7 +1612,7 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         processors = LogitsProcessorList([DurationLimit(limits, self.config.eos_token_id)])
         processors.extend(kwargs.pop("logits_processor", None) or [])
         beams = kwargs.get("num_beams") or (kwargs.get("generation_config") or self.generation_config).num_beams or 1
-        rescore = self.ctc_head is not None and self.config.ctc_rescoring_weight > 0 and beams > 1
+        rescore = self.config.rescores_with_ctc and beams > 1
         if rescore:
             if kwargs.get("num_return_sequences", 1) != 1 or kwargs.get("return_dict_in_generate"):
                 raise ValueError("CTC rescoring returns one sequence per clip as ids: for num_return_sequences or "

@@ -1481,7 +1481,7 @@ def main(argv=None) -> dict:
     tokenizer = make_tokenizer(args, splits["train"])
     config = make_config(args, tokenizer)
     if args.num_beams is None:
-        args.num_beams = RESCORING_BEAMS if config.ctc_weight > 0 and config.ctc_rescoring_weight > 0 else 1
+        args.num_beams = RESCORING_BEAMS if config.rescores_with_ctc else 1
     skip_bad = args.on_bad_audio == "skip"
     augmentations = parse_augmentations(args.augment)
     varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
