@@ -35,6 +35,8 @@ References:
 [12] Szegedy et al., Rethinking the Inception Architecture for Computer Vision, arXiv:1512.00567 (label
     smoothing); Chorowski and Jaitly, Towards better decoding and language model integration in sequence
     to sequence models, arXiv:1612.02695 (its use in attention-based speech recognition)
+[13] Libovicky and Helcl, End-to-End Non-Autoregressive Neural Machine Translation with Connectionist
+    Temporal Classification, EMNLP 2018 (each state projected to k CTC steps, so outputs may outnumber inputs)
 """
 
 import argparse
@@ -170,6 +172,7 @@ class BRoPEASRConfig(PreTrainedConfig):
     attention_max_temperature: float = 100.0  # clamp of the cosine temperature tau, as Swin V2 [3]
     ctc_weight: float = 0.0  # weight of an auxiliary CTC loss on the encoder [6]; 0 builds no CTC head
     ctc_rescoring_weight: float = 0.3  # L: with a CTC head, beam search keeps each clip's best (1 - L) log p_att + L log p_CTC [6]
+    ctc_outputs_per_frame: int = 1  # k: the CTC head writes k symbols per encoder frame, so it can align k x more [13]
     label_smoothing: float = 0.0  # e: training's token targets are (1 - e) one-hot + e uniform [12]; evaluation's loss stays plain
     max_tokens_per_second: float = 30.0  # generate writes at most ceil(rate x seconds) + 1 tokens per clip
 
@@ -244,6 +247,8 @@ class BRoPEASRConfig(PreTrainedConfig):
             raise ValueError(f"label_smoothing must be in [0, 1) (0 = plain cross-entropy), got {self.label_smoothing}")
         if self.ctc_weight < 0:
             raise ValueError(f"ctc_weight must be >= 0 (0 turns CTC off), got {self.ctc_weight}")
+        if self.ctc_outputs_per_frame < 1:
+            raise ValueError(f"ctc_outputs_per_frame must be >= 1, got {self.ctc_outputs_per_frame}")
         if not 0 <= self.ctc_rescoring_weight <= 1:
             raise ValueError(f"ctc_rescoring_weight must be in [0, 1] (0 keeps the beam's order), got {self.ctc_rescoring_weight}")
         for token_field in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
@@ -1418,7 +1423,8 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.ctc_head = nn.Linear(config.d_model, config.vocab_size) if config.ctc_weight > 0 else None
+        ctc_width = config.ctc_outputs_per_frame * config.vocab_size  # k symbols' logits per encoder frame
+        self.ctc_head = nn.Linear(config.d_model, ctc_width) if config.ctc_weight > 0 else None
         self.post_init()
 
     def get_encoder(self) -> Encoder:
@@ -1565,16 +1571,20 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def ctc_negative_log_likelihood(self, audio: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor,
                                     zero_infinity: bool) -> torch.Tensor:
         """-log p_CTC(transcript | audio) of each clip [6]: (B,). Args as `ctc_loss`; a clip with fewer
-        frames than its transcript needs gives inf, or 0 with `zero_infinity` (no gradient in training)."""
+        frames than its transcript needs gives inf, or 0 with `zero_infinity` (no gradient in training).
+        With k = `ctc_outputs_per_frame` the head's k symbols of a frame are read in order, so CTC sees
+        k T' steps: a transcript aligns if its symbols, plus a blank between each repeated pair, number at
+        most k T'."""
         special = torch.tensor(
             [self.config.pad_token_id, self.config.bos_token_id, self.config.eos_token_id], device=labels.device
         )
         keep = (labels != -100) & ~torch.isin(labels, special)
-        log_probs = self.ctc_head(audio).float().log_softmax(-1).transpose(0, 1)  # (T', B, V)
+        k = self.config.ctc_outputs_per_frame
+        logits = self.ctc_head(audio).unflatten(-1, (k, -1)).flatten(1, 2)  # (B, k T', V): k symbols per frame [13]
         return F.ctc_loss(
-            log_probs,
+            logits.float().log_softmax(-1).transpose(0, 1),  # (k T', B, V)
             labels[keep],
-            input_lengths=valid.sum(1),
+            input_lengths=k * valid.sum(1),
             target_lengths=keep.sum(1),
             blank=self.config.pad_token_id,
             reduction="none",

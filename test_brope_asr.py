@@ -876,6 +876,36 @@ def test_loss_is_cross_entropy_plus_weighted_ctc(input_mode):
     assert_close(output.loss, without_ctc(**inputs, labels=labels).loss + weight * ctc_loss, atol=1e-5)
 
 
+def test_ctc_with_k_outputs_per_frame_reads_each_frames_k_symbols_in_order_and_aligns_k_times_more():
+    torch.manual_seed(0)
+    model = move_off_init(tiny_model(ctc_weight=0.3, ctc_outputs_per_frame=2))
+    inputs = audio_inputs(model.config, 4000, 2500)  # 13 and 8 encoder frames: 26 and 16 CTC steps
+    audio = model.encoder(**inputs)[0]  # (2, 13, D)
+    valid = model.encoder.output_valid(inputs["attention_mask"])
+    # Clip 0: 20 symbols, 6 repeated pairs: 26 steps, as many as two per frame give and twice what one gives.
+    # Clip 1: 12 symbols: more than its 8 frames, within its 16 steps.
+    long_0 = [5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 12, 13, 14, 15, 3, 4, 5]
+    long_1 = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    labels = torch.tensor([long_0 + [2], long_1 + [2] + [-100] * 8])
+    got = model.ctc_negative_log_likelihood(audio, valid, labels, zero_infinity=False)
+
+    # Independent reference: frame t's head output split into its two symbols' logits, read as steps 2t, 2t + 1.
+    logits = model.ctc_head(audio)  # (B, T', 2 V)
+    steps = torch.stack([logits[..., :VOCAB], logits[..., VOCAB:]], dim=2).reshape(2, -1, VOCAB).log_softmax(-1)
+    expected = [
+        F.ctc_loss(steps[b, : 2 * frames, None], torch.tensor([target]), [2 * frames], [len(target)], blank=0, reduction="sum")
+        for b, frames, target in ((0, 13, long_0), (1, 8, long_1))
+    ]
+    assert_close(got, torch.stack(expected), atol=1e-4)
+    assert torch.isfinite(got).all()
+
+    # One symbol per frame cannot align either transcript; one symbol more than 2 T' steps cannot either.
+    one = tiny_model(ctc_weight=0.3)
+    assert torch.isinf(one.ctc_negative_log_likelihood(audio, valid, labels, zero_infinity=False)).all()
+    too_long = torch.tensor([long_0 + [5, 2], long_1 + [15] * 5 + [2] + [-100] * 4])
+    assert torch.isinf(model.ctc_negative_log_likelihood(audio, valid, too_long, zero_infinity=False)).all()
+
+
 def test_label_smoothing_mixes_the_uniform_target_into_training_loss_only():
     torch.manual_seed(0)
     smoothing = 0.2
@@ -1032,6 +1062,7 @@ def test_from_pretrained_reproduces_logits(tmp_path, input_mode, learned_rope_fr
         ("betweenness_offset", 0),
         ("ctc_weight", -0.5),
         ("ctc_rescoring_weight", 1.5),
+        ("ctc_outputs_per_frame", 0),
         ("label_smoothing", 1.0),
         ("encoder_layers", 0),
         ("decoder_layers", 0),

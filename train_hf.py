@@ -1256,6 +1256,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--ctc-weight", type=float, help="weight of the auxiliary CTC loss (0 = off; default: the preset's)")
     model.add_argument("--ctc-rescoring-weight", type=float,
                        help="L: beam search keeps each clip's best (1 - L) log p_att + L log p_CTC (0 = the beam's order; default: the config's)")
+    model.add_argument("--ctc-outputs-per-frame", type=int,
+                       help="k: CTC symbols per encoder frame, so fast speech can align (default: the preset's)")
     model.add_argument("--normalize-features", action=argparse.BooleanOptionalAction, help="per-clip log-mel mean removal (default: the preset's)")
     model.add_argument("--spectrogram-floor-db", type=float,
                        help="raise every log-mel cell to the clip's loudest minus this many dB (0: Whisper's 80; default: the preset's)")
@@ -1371,6 +1373,7 @@ def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
         blend_attention=args.blend_attention,
         **({"ctc_weight": args.ctc_weight} if args.ctc_weight is not None else {}),
         **({"ctc_rescoring_weight": args.ctc_rescoring_weight} if args.ctc_rescoring_weight is not None else {}),
+        **({"ctc_outputs_per_frame": args.ctc_outputs_per_frame} if args.ctc_outputs_per_frame is not None else {}),
         **({"downsampling_factor": args.downsampling_factor} if args.downsampling_factor else {}),
         **({"dropout": args.dropout} if args.dropout is not None else {}),
         **({"label_smoothing": args.label_smoothing} if args.label_smoothing is not None else {}),
@@ -1432,7 +1435,8 @@ def print_setup(model, config: BRoPEASRConfig, tokenizer, prepared: dict, args: 
     model.initialization_report()
     counts = ", ".join(f"{key} {'streamed' if isinstance(split, IterableDataset) else len(split)}" for key, split in prepared.items())
     print(f"clips: {counts}; vocabulary {len(tokenizer)}; input_mode {config.input_mode}, "
-          f"betweenness {config.use_betweenness}, blend_attention {config.blend_attention}, ctc_weight {config.ctc_weight}")
+          f"betweenness {config.use_betweenness}, blend_attention {config.blend_attention}, ctc_weight {config.ctc_weight}"
+          + (f" ({config.ctc_outputs_per_frame} per frame)" if config.ctc_weight > 0 else ""))
     if args.streaming and args.join_probability > 0:
         print("--streaming: words are not joined (the speakers' word pools need the whole training split)")
     print(f"augmentations: {', '.join(augmentations) or 'none'}; words joined from {len(pools)} speakers "
