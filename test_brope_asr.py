@@ -1649,8 +1649,9 @@ def small_corpus(folder: Path, train: int = 8, validation: int = 4, test: int = 
 def run_train(data_dir: Path, output_dir: Path, *extra: str, greedy: bool = True) -> dict:
     """A four-step train_hf.py run (evaluation and checkpoint every two steps) on `data_dir`.
 
-    `greedy` decodes with `--num-beams 1`: a four-step model writes to its length limit, and the
-    default's beam of 4 with CTC rescoring would triple the suite's time; the end-to-end test keeps it.
+    `greedy` decodes the final scores with `--num-beams 1` too (the evaluations during training are
+    greedy by default): a four-step model writes to its length limit, and the default's beam of 8
+    with CTC rescoring would multiply the suite's time; the end-to-end test keeps it.
     """
     argv = ["--data-dir", str(data_dir), "--output-dir", str(output_dir), "--max-steps", "4", "--eval-steps", "2",
             "--batch-size", "4", "--warmup-steps", "1", *(["--num-beams", "1"] if greedy else []), *extra]
@@ -1736,6 +1737,29 @@ def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith(f"{test_file}\t")
+
+
+def test_evaluations_during_training_decode_with_their_beam_and_final_scores_with_the_saved_one(tmp_path):
+    data, rows = small_corpus(tmp_path / "data", train=2, validation=2, test=4)
+    args = train_hf.parse_args(["--data-dir", str(data), "--output-dir", str(tmp_path / "run"), "--max-steps", "4", "--num-beams", "3"])
+    assert args.eval_num_beams == 1  # greedy evaluations pick the checkpoint by default
+    tokenizer = train_hf.build_tokenizer([row["transcription"] for row in rows])
+    config = train_hf.make_config(args, tokenizer)
+    test = train_hf.prepare_split(train_hf.load_splits(args)["test"], "test", tokenizer, config, skip_bad=False, decode=True)
+    model = BRoPEASRForConditionalGeneration(config).eval()
+    model.generation_config.num_beams = args.num_beams  # as train_hf.main saves it
+    trainer = train_hf.ASRTrainer(model=model, args=train_hf.training_arguments(args, max_label=20), eval_dataset=test,
+                                  data_collator=train_hf.Collator(config), compute_metrics=train_hf.metrics_function(tokenizer))
+    widths, generate = [], model.generate
+    model.generate = lambda *a, **kw: widths.append(kw.get("num_beams")) or generate(*a, **kw)
+    trainer.evaluate()  # as during training
+    assert widths and set(widths) == {1}
+    widths.clear()
+    scores = train_hf.score_by_source(trainer, test, "test", tokenizer)
+    assert widths and set(widths) == {3} and "test_wer_espeak-ng" in scores
+    for flag in ("--num-beams", "--eval-num-beams"):
+        with pytest.raises(ValueError, match=flag):
+            train_hf.check_args(train_hf.parse_args([flag, "0"]))
 
 
 def test_learned_mixes_get_their_own_optimizer_group_without_weight_decay(tmp_path):

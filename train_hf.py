@@ -62,7 +62,7 @@ from brope_asr import (
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
 DEFAULT_MAX_STEPS = 2300
-RESCORING_BEAMS = 4  # decoding's beam width when CTC rescores it: 4 hypotheses per clip (README, CTC)
+RESCORING_BEAMS = 8  # decoding's beam width when CTC rescores it: 8 hypotheses per clip (README, CTC)
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2}  # the embedded corpus's real people, a third of its training rows, are heard twice an epoch
 TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
@@ -1321,7 +1321,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="evaluate, keep and test a moving average of the weights with this decay (0 = off: the weights themselves)")
     train.add_argument("--eval-steps", type=int, default=500, help="evaluate (and checkpoint) every this many steps")
     train.add_argument("--num-beams", type=int,
-                       help=f"beam width of decoding, saved with the model (default: {RESCORING_BEAMS} with CTC rescoring, else 1 = greedy)")
+                       help=f"beam width of the final validation and test decoding, saved with the model "
+                            f"(default: {RESCORING_BEAMS} with CTC rescoring, else 1 = greedy)")
+    train.add_argument("--eval-num-beams", type=int, default=1,
+                       help="beam width of the evaluations during training, which pick the checkpoint (1 = greedy)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model (transformers' torch_compile); off by default, see README")
@@ -1341,6 +1344,9 @@ def check_args(args: argparse.Namespace):
         raise ValueError(f"--ema-decay must be in [0, 1) (0 = off), got {args.ema_decay}")
     if args.sorted_batches < 1:
         raise ValueError(f"--sorted-batches must be at least 1 (1 = random batches), got {args.sorted_batches}")
+    for flag, beams in (("--num-beams", args.num_beams), ("--eval-num-beams", args.eval_num_beams)):
+        if beams is not None and beams < 1:
+            raise ValueError(f"{flag} must be at least 1 (1 = greedy), got {beams}")
 
 
 def make_tokenizer(args: argparse.Namespace, train: Dataset | IterableDataset):
@@ -1414,7 +1420,7 @@ def training_arguments(args: argparse.Namespace, max_label: int) -> Seq2SeqTrain
         logging_steps=min(50, args.eval_steps),
         predict_with_generate=True,
         generation_max_length=max_label + 1,  # start token + the longest transcript: no runaway decoding
-        generation_num_beams=args.num_beams,
+        generation_num_beams=args.eval_num_beams,  # the final scores decode with --num-beams (`score_by_source`)
         remove_unused_columns=False,  # keep the audio, its name and the speaker for the collator
         label_names=["labels"],
         report_to="none",
@@ -1446,8 +1452,9 @@ def print_setup(model, config: BRoPEASRConfig, tokenizer, prepared: dict, args: 
 
 
 def score_by_source(trainer: "ASRTrainer", split: Dataset, prefix: str, tokenizer) -> dict:
-    """Decode `split` autoregressively: the trainer's metrics as "<prefix>_<name>", and WER and CER per source."""
-    prediction = trainer.predict(split, metric_key_prefix=prefix)
+    """Decode `split` autoregressively as the saved model does (its `generation_config`'s beam width):
+    the trainer's metrics as "<prefix>_<name>", and WER and CER per source."""
+    prediction = trainer.predict(split, metric_key_prefix=prefix, num_beams=trainer.model.generation_config.num_beams)
     hypotheses, references, _, _ = decode_prediction(prediction, tokenizer)
     per_source = error_rates_by_source(hypotheses, references, split["source"])
     return {**prediction.metrics, **{f"{prefix}_{name}": value for name, value in per_source.items()}}

@@ -1,6 +1,7 @@
 """Usage: python runs/speed/logs/rescore_rule.py THREADS DATA_DIR SPLIT RUN_DIR... (from the repository root).
 Rescoring rules on saved runs: 'veto' (today: a hypothesis CTC cannot align scores -inf) against
-'abstain' (a clip with any hypothesis CTC cannot align keeps the beam's order). WER by source."""
+'abstain' (a clip with any hypothesis CTC cannot align keeps the beam's order) and 'top' (only a clip
+whose beam's first hypothesis CTC cannot align keeps the beam's order). WER by source."""
 import csv, sys, torch, torch.nn.functional as F
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
