@@ -12,7 +12,9 @@ ablation you turn on. The model is a Hugging Face `PreTrainedModel` with `genera
 Shapes: B batch, T mel frames (100 per second), N waveform samples, S tokens, D model width,
 H heads, Dh head width, M mel bins, V vocabulary. Padding is always on the right; which positions
 are real is a (B, T) bool `valid` (True on real frames), made from lengths by `lengths_to_mask`;
-`attention_mask` is its name at the Hugging Face interface, and `keep` is `valid` as a float factor.
+`attention_mask` is its name at the Hugging Face interface, `keep` is a valid mask as a float factor
+(of frames or samples), and `_key_mask(valid)` is the (B, 1, 1, T) key mask attention takes: `mask`
+in the encoder, `audio_mask` for the decoder's cross-attention, None when nothing is padded.
 
 Names: a function without a leading underscore is used outside this module (train_hf.py, the tools,
 the tests or the README); `_name` is a helper used only here.
@@ -472,8 +474,11 @@ def blended_query_key(
     query, key and value widths, so with v at Dh the call runs the unfused path; padding v onto the
     fused kernel was measured slower (README, Performance).
 
-    Args: q (B, H, Sq, Dh); k (B, H, Sk, Dh); blend and temperature (H,).
-    Returns: (B, H, Sq, 2 Dh) and (B, H, Sk, 2 Dh).
+    Args:
+        q: (B, H, Sq, Dh) queries; k: (B, H, Sk, Dh) keys.
+        blend, temperature: (H,) b and tau per head.
+    Returns:
+        (B, H, Sq, 2 Dh) and (B, H, Sk, 2 Dh).
     """
     b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
     # F.normalize divides by max(|x|, eps), so padded (zero) vectors give 0, not NaN.
@@ -594,9 +599,12 @@ class Attention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(b)RoPE: the S new tokens, after P cached ones, at positions P ... P + S - 1 (plus their betweenness shifts).
 
-        Args: q, k, v (B, H, S, Dh) of the new tokens; past (B, H, P, Dh) cached values or None
-            (P = 0); valid (B, S) bool or None.
-        Returns: rotated q and k, shapes unchanged.
+        Args:
+            q, k, v: (B, H, S, Dh) of the new tokens.
+            past: (B, H, P, Dh) cached values, or None (P = 0).
+            valid: (B, S) bool, or None.
+        Returns:
+            rotated q and k, shapes unchanged.
         """
         first, length = (past.shape[2] if past is not None else 0), q.shape[2]
         positions = torch.arange(first, first + length, device=q.device, dtype=torch.float32)  # (S,)
@@ -968,8 +976,8 @@ def read_blocks(path, block_seconds: float = 60.0, sampling_rate: int = SAMPLE_R
                 block = F.conv1d(piece[None, None], kernel[:, None, :], stride=down)[0].T.reshape(-1)
             block = block[: target_length - emitted]
             emitted += len(block)
-            keep = last * down - width - offset  # the next step's first input
-            buffer, offset, step = buffer[keep:], offset + keep, last
+            consumed = last * down - width - offset  # the next step's first input
+            buffer, offset, step = buffer[consumed:], offset + consumed, last
             yield block
 
 
@@ -1561,10 +1569,14 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
     def ctc_loss(self, audio: torch.Tensor, valid: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CTC [6] of the encoder states against the transcript (special tokens dropped), blank = pad.
 
-        Args: audio (B, T', D); valid (B, T') bool; labels (B, S). Returns: scalar, the clips' summed
-        loss divided by the labels' token count (labels != -100, eos included): the denominator of the
-        cross-entropy, so both are means over the same tokens and a batch's loss is the token-weighted
-        sum of its parts' (`train_hf.length_parts`).
+        Args:
+            audio: (B, T', D) encoder states.
+            valid: (B, T') bool, True on real frames.
+            labels: (B, S) target ids ending with eos, -100 on padding.
+        Returns:
+            scalar: the clips' summed loss divided by the labels' token count (labels != -100, eos
+            included), the denominator of the cross-entropy, so both are means over the same tokens
+            and a batch's loss is the token-weighted sum of its parts' (`train_hf.length_parts`).
         """
         return self.ctc_negative_log_likelihood(audio, valid, labels, zero_infinity=True).sum() / (labels != -100).sum()
 
@@ -1578,14 +1590,14 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         special = torch.tensor(
             [self.config.pad_token_id, self.config.bos_token_id, self.config.eos_token_id], device=labels.device
         )
-        keep = (labels != -100) & ~torch.isin(labels, special)
+        is_target = (labels != -100) & ~torch.isin(labels, special)  # (B, S)
         k = self.config.ctc_outputs_per_frame
         logits = self.ctc_head(audio).unflatten(-1, (k, -1)).flatten(1, 2)  # (B, k T', V): k symbols per frame [13]
         return F.ctc_loss(
             logits.float().log_softmax(-1).transpose(0, 1),  # (k T', B, V)
-            labels[keep],
+            labels[is_target],
             input_lengths=k * valid.sum(1),
-            target_lengths=keep.sum(1),
+            target_lengths=is_target.sum(1),
             blank=self.config.pad_token_id,
             reduction="none",
             zero_infinity=zero_infinity,
@@ -1611,12 +1623,9 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         Returns:
             (B, S) token ids starting with decoder_start_token_id (for the default, non-dict output).
         """
-        encoder_outputs = self.encoder(input_features, waveform, attention_mask)
-        if attention_mask is None:  # generate would otherwise invent a mask from its dummy input ids
-            audio = input_features if input_features is not None else waveform
-            frames = audio.shape[2] if input_features is not None else audio.shape[1] // HOP_LENGTH
-            attention_mask = torch.ones(audio.shape[0], frames, dtype=torch.bool, device=audio.device)
-        limits = duration_token_limits(attention_mask.sum(1), self.config)
+        valid = self.encoder.check_inputs(input_features, waveform, attention_mask)  # (B, T), all True without a mask
+        encoder_outputs = self.encoder(input_features, waveform, valid)
+        limits = duration_token_limits(valid.sum(1), self.config)
         if not {"max_length", "max_new_tokens", "generation_config"} & kwargs.keys():
             kwargs["max_length"] = int(limits.max()) + 1  # the decoder start token, then at most the longest limit
         processors = LogitsProcessorList([DurationLimit(limits, self.config.eos_token_id)])
@@ -1629,12 +1638,12 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
                                  "return_dict_in_generate set the config's ctc_rescoring_weight to 0")
             kwargs["num_return_sequences"] = beams  # the whole beam, best first, for `ctc_rescore`
         audio = encoder_outputs[0]  # (B, T', D); generate expands `encoder_outputs` to the beams in place
-        ids = super().generate(
-            encoder_outputs=encoder_outputs, attention_mask=attention_mask, logits_processor=processors, **kwargs
+        ids = super().generate(  # with the mask always given: generate would otherwise invent one from its dummy ids
+            encoder_outputs=encoder_outputs, attention_mask=valid, logits_processor=processors, **kwargs
         )
         if not rescore:
             return ids
-        return self.ctc_rescore(ids, audio, self.encoder.output_valid(attention_mask.bool()), beams)
+        return self.ctc_rescore(ids, audio, self.encoder.output_valid(valid), beams)
 
     def ctc_rescore(self, ids: torch.Tensor, audio: torch.Tensor, valid: torch.Tensor, beams: int) -> torch.Tensor:
         """Each clip's best hypothesis by (1 - L) log p_attention + L log p_CTC, L = `ctc_rescoring_weight` [6]:

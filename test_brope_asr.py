@@ -1,13 +1,14 @@
 """Tests of brope_asr.py and train_hf.py: each test is named after the property it checks and fails when it breaks.
 
-Run with `python -m pytest test_brope_asr.py -q`. Sections follow brope_asr.py from positions to
-metrics, then train_hf.py. Every model comes from `tiny_config` (width 32, one layer each side unless a
-test needs more), so the model tests take under a minute (`pytest -m "not slow"`: about 30 s on 2 CPU
-cores); the script tests, marked `slow` (train_hf.py runs, torchrun, the ablation grid, the benchmark,
-subprocesses), bring the whole file to about five minutes."""
+Run with `python -m pytest test_brope_asr.py -q`. Sections follow brope_asr.py from the config to the
+metrics, then train_hf.py and its corpus. Every model comes from `tiny_config` (width 32, one layer each
+side unless a test needs more), so the model tests take under a minute (`pytest -m "not slow"`: about
+35 s on 2 idle CPU cores); the script tests, marked `slow` (train_hf.py runs, torchrun, the ablation
+grid, the benchmark, subprocesses), bring the whole file to about six minutes."""
 
 import argparse
 import csv
+import ctypes
 import functools
 import itertools
 import json
@@ -147,6 +148,39 @@ def sine(frequency: float, sampling_rate: int, length: int) -> torch.Tensor:
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float) -> None:
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("encoder_attention_heads", 3),  # does not divide d_model = 32
+        ("decoder_attention_heads", 0),
+        ("encoder_attention_heads", 32),  # head width 1: no channel pair to rotate
+        ("betweenness_offset", 0),
+        ("ctc_weight", -0.5),
+        ("ctc_rescoring_weight", 1.5),
+        ("ctc_outputs_per_frame", 0),
+        ("label_smoothing", 1.0),
+        ("encoder_layers", 0),
+        ("decoder_layers", 0),
+        ("pad_token_id", VOCAB),
+        ("bos_token_id", -1),
+        ("eos_token_id", 99),
+        ("decoder_start_token_id", VOCAB),
+    ],
+)
+def test_config_rejects_inconsistent_fields(field, value):
+    with pytest.raises(ValueError, match=field):
+        tiny_config(**{field: value})
+
+
+def test_from_preset_rejects_unknown_names():
+    assert BRoPEASRConfig.from_preset("base", d_model=64).d_model == 64
+    with pytest.raises(ValueError, match="small"):
+        BRoPEASRConfig.from_preset("huge")
 
 
 # --------------------------------------------------------------------------------------------- positions
@@ -405,18 +439,33 @@ def model_with_mixes_at(value: float) -> BRoPEASRForConditionalGeneration:
 
 
 @pytest.mark.parametrize("value", [-1e4, 0.0, 1e4])
-def test_learned_mixes_stay_within_their_bounds(value):
+def test_attention_blend_stays_in_the_unit_interval_and_temperature_within_its_clamp(value):
     model = model_with_mixes_at(value)
-    for attention in (m for m in model.modules() if isinstance(m, Attention)):
+    attentions = [m for m in model.modules() if isinstance(m, Attention)]
+    assert len(attentions) == 3
+    for attention in attentions:
         blend, temperature = attention.blend_and_temperature()
         assert bool(((blend >= 0) & (blend <= 1)).all())
         assert bool(((temperature >= 1) & (temperature <= model.config.attention_max_temperature)).all())
-    assert 0 <= model.encoder.input_blend().item() <= 1
+
+
+@pytest.mark.parametrize("value", [-1e4, 0.0, 1e4])
+def test_input_blend_stays_in_the_unit_interval(value):
+    assert 0 <= model_with_mixes_at(value).encoder.input_blend().item() <= 1
+
+
+@pytest.mark.parametrize("value", [-1e4, 0.0, 1e4])
+def test_betweenness_shift_stays_within_its_max_shift(value):
+    model = model_with_mixes_at(value)
     values = torch.randn(2, 2, 12, 16)
-    for shift_module in (m for m in model.modules() if isinstance(m, BetweennessShift)):
-        shift = shift_module(values, causal=False, valid=None)
-        assert bool((shift.abs() <= model.config.betweenness_max_shift).all())
-    learned = model.learned_mixes()
+    shifts = [module(values, causal=False, valid=None) for module in model.modules() if isinstance(module, BetweennessShift)]
+    assert len(shifts) == 2
+    assert all(bool((shift.abs() <= model.config.betweenness_max_shift).all()) for shift in shifts)
+
+
+@pytest.mark.parametrize("value", [-1e4, 0.0, 1e4])
+def test_learned_mixes_reports_each_kind_of_mix_as_a_finite_number(value):
+    learned = model_with_mixes_at(value).learned_mixes()
     assert set(learned) == {"input_blend", "attention_blend", "betweenness_gate"}
     assert all(math.isfinite(v) for v in learned.values())
 
@@ -678,7 +727,7 @@ def test_output_shapes_follow_input_mode_and_downsampling(input_mode, downsampli
     assert model.encoder(**inputs).last_hidden_state.shape == (2, frames, 32)
 
 
-# ----------------------------------------------------------------------------------- model invariants
+# -------------------------------------------------------------------------------------- model invariants
 
 
 def test_input_blend_extremes_select_one_front_end():
@@ -1029,7 +1078,7 @@ def test_residual_output_layers_start_smaller_by_depth_whatever_the_visiting_ord
         assert std == pytest.approx(expected(name), rel=0.1), name
 
 
-# ------------------------------------------------------------------------------------ saving and config
+# ---------------------------------------------------------------------------------- saving and bad input
 
 
 @pytest.mark.parametrize("learned_rope_frequencies", [False, True])
@@ -1051,36 +1100,6 @@ def test_from_pretrained_reproduces_logits(tmp_path, input_mode, learned_rope_fr
     assert_close(got.logits, expected.logits, atol=1e-6)
     assert_close(got.loss, expected.loss, atol=1e-6)
     assert loaded.learned_mixes() == pytest.approx(model.learned_mixes())
-
-
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("encoder_attention_heads", 3),  # does not divide d_model = 32
-        ("decoder_attention_heads", 0),
-        ("encoder_attention_heads", 32),  # head width 1: no channel pair to rotate
-        ("betweenness_offset", 0),
-        ("ctc_weight", -0.5),
-        ("ctc_rescoring_weight", 1.5),
-        ("ctc_outputs_per_frame", 0),
-        ("label_smoothing", 1.0),
-        ("encoder_layers", 0),
-        ("decoder_layers", 0),
-        ("pad_token_id", VOCAB),
-        ("bos_token_id", -1),
-        ("eos_token_id", 99),
-        ("decoder_start_token_id", VOCAB),
-    ],
-)
-def test_config_rejects_inconsistent_fields(field, value):
-    with pytest.raises(ValueError, match=field):
-        tiny_config(**{field: value})
-
-
-def test_from_preset_rejects_unknown_names():
-    assert BRoPEASRConfig.from_preset("base", d_model=64).d_model == 64
-    with pytest.raises(ValueError, match="small"):
-        BRoPEASRConfig.from_preset("huge")
 
 
 def _mask_with(inputs, rows):
@@ -1137,7 +1156,7 @@ def test_forward_rejects_overlong_or_missing_decoder_input():
         model(**inputs)
 
 
-# -------------------------------------------------------------------------------------- end to end
+# -------------------------------------------------------------------------------------------- end to end
 
 
 @pytest.fixture(scope="module")
@@ -1221,6 +1240,122 @@ def test_transcribe_cli_prints_good_files_and_names_bad_ones(overfit_model, tmp_
     for bad in (missing, str(junk)):
         assert sum(line.startswith(bad) for line in errors) == 1, result.stderr
     assert not any(good in line or good2 in line for line in errors), result.stderr
+
+
+# --------------------------------------------------------------------------------------- long recordings
+
+
+def test_speech_windows_cut_in_the_middle_of_pauses_and_fit_the_limit():
+    generator = torch.Generator().manual_seed(0)
+    bursts = [torch.randn(int(seconds * SAMPLE_RATE), generator=generator) * 0.1 for seconds in (0.9, 1.3, 0.5, 1.1)]
+    recording, order = joined_recording(bursts, 20, pause=0.5)
+    margin, limit = SAMPLE_RATE // 10, int(1.5 * SAMPLE_RATE)
+    windows = brope_asr.speech_windows(recording, limit, margin)
+    starts = np.cumsum([0] + [len(bursts[i]) + SAMPLE_RATE // 2 for i in order])[:-1]
+    expected = [(max(0, s - margin), s + len(bursts[i]) + margin) for s, i in zip(starts, order)]
+    assert windows == expected  # each burst alone with `margin` of its pauses; the rest, and the silent tail, skipped
+    assert all(end - start <= limit for start, end in windows)
+    assert brope_asr.speech_windows(recording[:limit], limit) == [(0, limit)]  # what fits is not cut
+    steady = torch.randn(10 * SAMPLE_RATE, generator=generator)  # no pause at all: still cut to fit
+    cut = brope_asr.speech_windows(steady, limit)
+    assert cut[0][0] == 0 and cut[-1][1] == len(steady)
+    assert all(end - start <= limit and end == next_start for (start, end), (next_start, _) in zip(cut, cut[1:]))
+
+
+def test_speech_windows_end_an_utterance_at_every_long_pause_and_keep_short_gaps():
+    generator = torch.Generator().manual_seed(1)
+    word = lambda: torch.randn(int(0.4 * SAMPLE_RATE), generator=generator) * 0.1  # noqa: E731
+    gap, pause = torch.zeros(int(0.2 * SAMPLE_RATE)), torch.zeros(int(0.5 * SAMPLE_RATE))
+    utterances = [torch.cat([word(), gap, word(), gap, word()]) for _ in range(4)]  # 1.6 s each, 0.2-s gaps
+    recording = torch.cat([part for u in utterances for part in (u, pause)])
+    margin = SAMPLE_RATE // 10
+    assert brope_asr.speech_windows(recording, len(recording), margin) == [(0, len(recording))]  # it fits: one
+    windows = brope_asr.speech_windows(recording, 5 * SAMPLE_RATE, margin)  # three utterances would fit in one
+    starts = [i * (len(utterances[0]) + len(pause)) for i in range(4)]
+    assert windows == [(max(0, s - margin), s + len(utterances[0]) + margin) for s in starts]
+
+
+def test_a_minute_long_recording_is_transcribed_in_windows_as_its_clips_are(overfit_model, tmp_path):
+    model, tokenizer, _, texts, waveforms, _ = overfit_model
+    recording, order = joined_recording(waveforms, 60, pause=0.6)
+    assert len(recording) >= 60 * SAMPLE_RATE
+    reference = " ".join(texts[i] for i in order)
+    assert brope_asr.transcribe(model, tokenizer, [recording], max_window_seconds=1.5) == [reference]
+    path = tmp_path / "long.wav"
+    soundfile.write(path, recording.numpy(), SAMPLE_RATE, subtype="FLOAT")
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
+    assert asr(str(path), chunk_length_s=1.5, batch_size=8)["text"] == reference
+    timed = asr(recording.numpy(), chunk_length_s=1.5, batch_size=8, return_timestamps=True)
+    assert timed["text"] == reference and [chunk["text"] for chunk in timed["chunks"]] == [texts[i] for i in order]
+    starts = np.cumsum([0] + [len(waveforms[i]) + int(0.6 * SAMPLE_RATE) for i in order])[:-1] / SAMPLE_RATE
+    for chunk, start, i in zip(timed["chunks"], starts, order):  # each window holds its clip, and only it
+        first, last = chunk["timestamp"]
+        assert first <= start + 0.05 and start + len(waveforms[i]) / SAMPLE_RATE - 0.05 <= last <= first + 1.5
+    assert all(a["timestamp"][1] <= b["timestamp"][0] for a, b in zip(timed["chunks"], timed["chunks"][1:]))
+    with pytest.raises(ValueError, match="not 'word' timestamps"):
+        asr(str(path), return_timestamps="word")
+
+
+def test_a_file_is_transcribed_holding_a_block_at_a_time_by_transcribe_file_and_the_pipeline(overfit_model, tmp_path, monkeypatch):
+    model, tokenizer, paths, texts, waveforms, _ = overfit_model
+    recording, order = joined_recording(waveforms, 60, pause=0.6)
+    path = tmp_path / "long.flac"
+    soundfile.write(path, recording.numpy(), SAMPLE_RATE, subtype="PCM_24")
+    held = []
+    windows = brope_asr.speech_windows
+    monkeypatch.setattr(brope_asr, "speech_windows", lambda audio, *a, **k: held.append(len(audio)) or windows(audio, *a, **k))
+    text = brope_asr.transcribe_file(model, tokenizer, path, max_window_seconds=1.5, block_seconds=4.0)
+    assert text == " ".join(texts[i] for i in order)
+    assert max(held) <= (4.0 + 1.0 + 1.5) * SAMPLE_RATE  # a block, a read, and the window carried over: not the 60 s
+    assert brope_asr.transcribe_file(model, tokenizer, paths[0]) == brope_asr.transcribe(model, tokenizer, [waveforms[0]])[0]
+    with pytest.raises(ValueError, match="at least twice"):
+        brope_asr.transcribe_file(model, tokenizer, path, max_window_seconds=1.5, block_seconds=2.0)
+    held.clear()  # the pipeline reads a file path through the same blocks
+    monkeypatch.setattr(brope_asr, "file_windows", functools.partial(brope_asr.file_windows, block_seconds=4.0))
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
+    timed = asr(str(path), chunk_length_s=1.5, batch_size=4, return_timestamps=True)
+    assert timed["text"] == text
+    assert max(held) <= (4.0 + 1.0 + 1.5) * SAMPLE_RATE
+    # Windows cut block by block sit where the windows of the whole recording sit, a frame or so
+    # apart (each block sets its own energy threshold for pauses), but the last may keep the
+    # recording's final 0.6-s pause.
+    whole = asr(recording.numpy(), chunk_length_s=1.5, batch_size=4, return_timestamps=True)["chunks"]
+    assert [chunk["text"] for chunk in timed["chunks"]] == [chunk["text"] for chunk in whole]
+    spans, whole_spans = (np.array([chunk["timestamp"] for chunk in chunks]) for chunks in (timed["chunks"], whole))
+    assert np.abs(spans - whole_spans).ravel()[:-1].max() <= 0.03 and abs(spans[-1, 1] - whole_spans[-1, 1]) <= 0.6
+    assert timed["chunks"][-1]["timestamp"][1] > 55.0
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_trim") or not Path("/proc/self/status").exists(), reason="glibc on Linux")
+def test_release_freed_memory_hands_a_fragmented_heap_back_to_the_system():
+    def resident() -> int:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+    buffers = [torch.ones(16 * 1024) for _ in range(2000)]  # 125 MiB in 64-KiB pieces, on the heap (below mmap's threshold)
+    kept = buffers[::10]  # every tenth stays, so the others are holes that free() alone does not return
+    del buffers
+    before = resident()
+    brope_asr.release_freed_memory()
+    assert before - resident() > 80 * 2**20 and len(kept) == 200
+
+
+@pytest.mark.parametrize("rate, channels", [(16000, 1), (8000, 1), (44100, 2), (22050, 1)])
+def test_read_blocks_join_to_the_whole_file_at_any_rate(tmp_path, rate, channels):
+    samples = 0.1 * np.random.default_rng(rate).standard_normal((int(2.37 * rate), channels)).astype(np.float32)
+    path = tmp_path / "clip.wav"
+    soundfile.write(path, samples, rate, subtype="FLOAT")
+    blocks = list(brope_asr.read_blocks(path, block_seconds=0.25))
+    assert len(blocks) >= 9 and max(map(len, blocks)) <= 0.25 * SAMPLE_RATE + 160
+    torch.testing.assert_close(torch.cat(blocks), brope_asr.load_audio(path), rtol=0, atol=1e-6)
+
+
+def test_read_blocks_name_the_file_for_bad_audio(tmp_path):
+    soundfile.write(tmp_path / "nan.wav", np.r_[np.zeros(20000), np.nan].astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
+    (tmp_path / "junk.wav").write_bytes(b"not audio" * 100)
+    for name, message in (("nan.wav", "clip contains NaN or Inf"), ("junk.wav", "cannot decode"), ("missing.wav", "no such file")):
+        with pytest.raises(ValueError, match=f"{name}: {message}"):
+            list(brope_asr.read_blocks(tmp_path / name, block_seconds=0.5))
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -1333,7 +1468,21 @@ def test_ctc_rescoring_keeps_each_clips_beam_hypothesis_with_the_best_joint_scor
         model.generate(**inputs, num_beams=beams, num_return_sequences=2, **options)
 
 
-# ------------------------------------------------------------------- Hugging Face: Auto classes, pipeline
+def test_duration_bound_cuts_a_runaway_decode_for_every_clip_and_beam():
+    torch.manual_seed(0)
+    config = tiny_config(max_tokens_per_second=10.0, max_target_positions=64)
+    model = tiny_model(max_tokens_per_second=10.0, max_target_positions=64)
+    inputs = audio_inputs(config, 16000, 4000)  # 1 s and 0.25 s: at most 11 and 4 tokens with eos
+    limits = brope_asr.duration_token_limits(inputs["attention_mask"].sum(1), config)
+    assert limits.tolist() == [11, 4]
+    for num_beams in (1, 3):
+        ids = model.generate(**inputs, num_beams=num_beams, max_new_tokens=60, suppress_tokens=[config.eos_token_id])
+        for row, limit in zip(ids[:, 1:], limits.tolist()):  # tokens after the start token
+            ends = (row == config.eos_token_id).nonzero()
+            assert len(ends) and int(ends[0]) + 1 == limit  # eos is forced exactly at the limit, never later
+
+
+# ------------------------------------------------------------------ Hugging Face: Auto classes, pipeline
 
 
 def save_run(model, tokenizer, folder: Path) -> Path:
@@ -1431,119 +1580,6 @@ def test_long_audio_report_joins_test_clips_and_scores_against_their_transcripts
     assert f"32 windows of 1.5 s, each decoded to its limit ({limit} tokens)" in bound and " / " in bound
 
 
-def test_speech_windows_cut_in_the_middle_of_pauses_and_fit_the_limit():
-    generator = torch.Generator().manual_seed(0)
-    bursts = [torch.randn(int(seconds * SAMPLE_RATE), generator=generator) * 0.1 for seconds in (0.9, 1.3, 0.5, 1.1)]
-    recording, order = joined_recording(bursts, 20, pause=0.5)
-    margin, limit = SAMPLE_RATE // 10, int(1.5 * SAMPLE_RATE)
-    windows = brope_asr.speech_windows(recording, limit, margin)
-    starts = np.cumsum([0] + [len(bursts[i]) + SAMPLE_RATE // 2 for i in order])[:-1]
-    expected = [(max(0, s - margin), s + len(bursts[i]) + margin) for s, i in zip(starts, order)]
-    assert windows == expected  # each burst alone with `margin` of its pauses; the rest, and the silent tail, skipped
-    assert all(end - start <= limit for start, end in windows)
-    assert brope_asr.speech_windows(recording[:limit], limit) == [(0, limit)]  # what fits is not cut
-    steady = torch.randn(10 * SAMPLE_RATE, generator=generator)  # no pause at all: still cut to fit
-    cut = brope_asr.speech_windows(steady, limit)
-    assert cut[0][0] == 0 and cut[-1][1] == len(steady)
-    assert all(end - start <= limit and end == next_start for (start, end), (next_start, _) in zip(cut, cut[1:]))
-
-
-def test_speech_windows_end_an_utterance_at_every_long_pause_and_keep_short_gaps():
-    generator = torch.Generator().manual_seed(1)
-    word = lambda: torch.randn(int(0.4 * SAMPLE_RATE), generator=generator) * 0.1  # noqa: E731
-    gap, pause = torch.zeros(int(0.2 * SAMPLE_RATE)), torch.zeros(int(0.5 * SAMPLE_RATE))
-    utterances = [torch.cat([word(), gap, word(), gap, word()]) for _ in range(4)]  # 1.6 s each, 0.2-s gaps
-    recording = torch.cat([part for u in utterances for part in (u, pause)])
-    margin = SAMPLE_RATE // 10
-    assert brope_asr.speech_windows(recording, len(recording), margin) == [(0, len(recording))]  # it fits: one
-    windows = brope_asr.speech_windows(recording, 5 * SAMPLE_RATE, margin)  # three utterances would fit in one
-    starts = [i * (len(utterances[0]) + len(pause)) for i in range(4)]
-    assert windows == [(max(0, s - margin), s + len(utterances[0]) + margin) for s in starts]
-
-
-def test_a_minute_long_recording_is_transcribed_in_windows_as_its_clips_are(overfit_model, tmp_path):
-    model, tokenizer, _, texts, waveforms, _ = overfit_model
-    recording, order = joined_recording(waveforms, 60, pause=0.6)
-    assert len(recording) >= 60 * SAMPLE_RATE
-    reference = " ".join(texts[i] for i in order)
-    assert brope_asr.transcribe(model, tokenizer, [recording], max_window_seconds=1.5) == [reference]
-    path = tmp_path / "long.wav"
-    soundfile.write(path, recording.numpy(), SAMPLE_RATE, subtype="FLOAT")
-    asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
-    assert asr(str(path), chunk_length_s=1.5, batch_size=8)["text"] == reference
-    timed = asr(recording.numpy(), chunk_length_s=1.5, batch_size=8, return_timestamps=True)
-    assert timed["text"] == reference and [chunk["text"] for chunk in timed["chunks"]] == [texts[i] for i in order]
-    starts = np.cumsum([0] + [len(waveforms[i]) + int(0.6 * SAMPLE_RATE) for i in order])[:-1] / SAMPLE_RATE
-    for chunk, start, i in zip(timed["chunks"], starts, order):  # each window holds its clip, and only it
-        first, last = chunk["timestamp"]
-        assert first <= start + 0.05 and start + len(waveforms[i]) / SAMPLE_RATE - 0.05 <= last <= first + 1.5
-    assert all(a["timestamp"][1] <= b["timestamp"][0] for a, b in zip(timed["chunks"], timed["chunks"][1:]))
-    with pytest.raises(ValueError, match="not 'word' timestamps"):
-        asr(str(path), return_timestamps="word")
-
-
-def test_a_file_is_transcribed_holding_a_block_at_a_time_by_transcribe_file_and_the_pipeline(overfit_model, tmp_path, monkeypatch):
-    model, tokenizer, paths, texts, waveforms, _ = overfit_model
-    recording, order = joined_recording(waveforms, 60, pause=0.6)
-    path = tmp_path / "long.flac"
-    soundfile.write(path, recording.numpy(), SAMPLE_RATE, subtype="PCM_24")
-    held = []
-    windows = brope_asr.speech_windows
-    monkeypatch.setattr(brope_asr, "speech_windows", lambda audio, *a, **k: held.append(len(audio)) or windows(audio, *a, **k))
-    text = brope_asr.transcribe_file(model, tokenizer, path, max_window_seconds=1.5, block_seconds=4.0)
-    assert text == " ".join(texts[i] for i in order)
-    assert max(held) <= (4.0 + 1.0 + 1.5) * SAMPLE_RATE  # a block, a read, and the window carried over: not the 60 s
-    assert brope_asr.transcribe_file(model, tokenizer, paths[0]) == brope_asr.transcribe(model, tokenizer, [waveforms[0]])[0]
-    with pytest.raises(ValueError, match="at least twice"):
-        brope_asr.transcribe_file(model, tokenizer, path, max_window_seconds=1.5, block_seconds=2.0)
-    held.clear()  # the pipeline reads a file path through the same blocks
-    monkeypatch.setattr(brope_asr, "file_windows", functools.partial(brope_asr.file_windows, block_seconds=4.0))
-    asr = transformers.pipeline("automatic-speech-recognition", model=str(save_run(model, tokenizer, tmp_path / "run")))
-    timed = asr(str(path), chunk_length_s=1.5, batch_size=4, return_timestamps=True)
-    assert timed["text"] == text
-    assert max(held) <= (4.0 + 1.0 + 1.5) * SAMPLE_RATE
-    # Windows cut block by block sit where the windows of the whole recording sit, a frame or so
-    # apart (each block sets its own energy threshold for pauses), but the last may keep the
-    # recording's final 0.6-s pause.
-    whole = asr(recording.numpy(), chunk_length_s=1.5, batch_size=4, return_timestamps=True)["chunks"]
-    assert [chunk["text"] for chunk in timed["chunks"]] == [chunk["text"] for chunk in whole]
-    spans, whole_spans = (np.array([chunk["timestamp"] for chunk in chunks]) for chunks in (timed["chunks"], whole))
-    assert np.abs(spans - whole_spans).ravel()[:-1].max() <= 0.03 and abs(spans[-1, 1] - whole_spans[-1, 1]) <= 0.6
-    assert timed["chunks"][-1]["timestamp"][1] > 55.0
-
-
-@pytest.mark.skipif(brope_asr._malloc_trim() is None or not Path("/proc/self/status").exists(), reason="glibc on Linux")
-def test_release_freed_memory_hands_a_fragmented_heap_back_to_the_system():
-    def resident() -> int:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-
-    buffers = [torch.ones(16 * 1024) for _ in range(2000)]  # 125 MiB in 64-KiB pieces, on the heap (below mmap's threshold)
-    kept = buffers[::10]  # every tenth stays, so the others are holes that free() alone does not return
-    del buffers
-    before = resident()
-    brope_asr.release_freed_memory()
-    assert before - resident() > 80 * 2**20 and len(kept) == 200
-
-
-@pytest.mark.parametrize("rate, channels", [(16000, 1), (8000, 1), (44100, 2), (22050, 1)])
-def test_read_blocks_join_to_the_whole_file_at_any_rate(tmp_path, rate, channels):
-    samples = 0.1 * np.random.default_rng(rate).standard_normal((int(2.37 * rate), channels)).astype(np.float32)
-    path = tmp_path / "clip.wav"
-    soundfile.write(path, samples, rate, subtype="FLOAT")
-    blocks = list(brope_asr.read_blocks(path, block_seconds=0.25))
-    assert len(blocks) >= 9 and max(map(len, blocks)) <= 0.25 * SAMPLE_RATE + 160
-    torch.testing.assert_close(torch.cat(blocks), brope_asr.load_audio(path), rtol=0, atol=1e-6)
-
-
-def test_read_blocks_name_the_file_for_bad_audio(tmp_path):
-    soundfile.write(tmp_path / "nan.wav", np.r_[np.zeros(20000), np.nan].astype(np.float32), SAMPLE_RATE, subtype="FLOAT")
-    (tmp_path / "junk.wav").write_bytes(b"not audio" * 100)
-    for name, message in (("nan.wav", "clip contains NaN or Inf"), ("junk.wav", "cannot decode"), ("missing.wav", "no such file")):
-        with pytest.raises(ValueError, match=f"{name}: {message}"):
-            list(brope_asr.read_blocks(tmp_path / name, block_seconds=0.5))
-
-
 # ----------------------------------------------------------------------------------------------- metrics
 
 
@@ -1621,7 +1657,12 @@ def test_token_scores_reject_unusable_inputs():
         brope_asr.token_scores(torch.zeros(2, 3), torch.full((2, 3), -100))
 
 
-# ----------------------------------------------------------------------- train_hf.py: data, training, faults
+def test_error_rates_by_source_split_the_test_set():
+    rates = train_hf.error_rates_by_source(["one two", "one", "three"], ["one two", "two", "three"], ["a", "b", "b"])
+    assert rates == {"wer_a": 0.0, "cer_a": 0.0, "wer_b": 0.5, "cer_b": 3 / 8}
+
+
+# ------------------------------------------------------------------- train_hf.py: data, training, faults
 
 
 def write_corpus(folder: Path, rows: list[dict]) -> Path:
@@ -2387,8 +2428,30 @@ def test_speed_perturbation_never_lengthens_a_clip_past_max_source_positions():
     assert max(frames) == 100 and min(frames) < 100
 
 
+def test_compile_flag_reaches_the_training_arguments_and_is_off_by_default(tmp_path):
+    for flags, compiled in (([], False), (["--compile"], True)):
+        args = train_hf.parse_args(["--output-dir", str(tmp_path), "--max-steps", "10", *flags])
+        assert train_hf.training_arguments(args, max_label=8).torch_compile is compiled
 
-# ------------------------------------------------------------ unheard voices: corpus, augmentation, non-speech
+
+def test_weight_decay_flag_reaches_the_training_arguments(tmp_path):
+    for flags, decay in (([], 0.01), (["--weight-decay", "0.1"], 0.1)):
+        args = train_hf.parse_args(["--output-dir", str(tmp_path), "--max-steps", "10", *flags])
+        assert train_hf.training_arguments(args, max_label=8).weight_decay == decay
+
+
+def test_model_flags_reach_the_config_and_unset_ones_keep_the_preset():
+    tokenizer = train_hf.build_tokenizer(["one two"])
+    preset = BRoPEASRConfig.from_preset("small")
+    default = train_hf.make_config(train_hf.parse_args([]), tokenizer)
+    assert (default.encoder_layers, default.decoder_layers, default.label_smoothing, default.dropout) == (
+        preset.encoder_layers, preset.decoder_layers, preset.label_smoothing, preset.dropout)
+    flags = ["--encoder-layers", "5", "--decoder-layers", "1", "--label-smoothing", "0.1", "--dropout", "0.2"]
+    config = train_hf.make_config(train_hf.parse_args(flags), tokenizer)
+    assert (config.encoder_layers, config.decoder_layers, config.label_smoothing, config.dropout) == (5, 1, 0.1, 0.2)
+
+
+# ----------------------------------- train_hf.py and the corpus: splits, joined words, augmentation, non-speech
 
 
 def test_shipped_splits_share_no_speaker_and_no_voice_variant():
@@ -2634,25 +2697,6 @@ def test_collator_is_reproducible_under_a_seeded_generator():
         train_hf.Collator(config, augmentations=("echo",))
 
 
-def test_duration_bound_cuts_a_runaway_decode_for_every_clip_and_beam():
-    torch.manual_seed(0)
-    config = tiny_config(max_tokens_per_second=10.0, max_target_positions=64)
-    model = tiny_model(max_tokens_per_second=10.0, max_target_positions=64)
-    inputs = audio_inputs(config, 16000, 4000)  # 1 s and 0.25 s: at most 11 and 4 tokens with eos
-    limits = brope_asr.duration_token_limits(inputs["attention_mask"].sum(1), config)
-    assert limits.tolist() == [11, 4]
-    for num_beams in (1, 3):
-        ids = model.generate(**inputs, num_beams=num_beams, max_new_tokens=60, suppress_tokens=[config.eos_token_id])
-        for row, limit in zip(ids[:, 1:], limits.tolist()):  # tokens after the start token
-            ends = (row == config.eos_token_id).nonzero()
-            assert len(ends) and int(ends[0]) + 1 == limit  # eos is forced exactly at the limit, never later
-
-
-def test_error_rates_by_source_split_the_test_set():
-    rates = train_hf.error_rates_by_source(["one two", "one", "three"], ["one two", "two", "three"], ["a", "b", "b"])
-    assert rates == {"wer_a": 0.0, "cer_a": 0.0, "wer_b": 0.5, "cer_b": 3 / 8}
-
-
 def test_augment_option_names_each_augmentation_or_all_or_none():
     assert train_hf.parse_augmentations("all") == train_hf.AUGMENTATIONS and train_hf.parse_augmentations("none") == ()
     assert train_hf.parse_augmentations("speed, reverb") == ("speed", "reverb")
@@ -2711,25 +2755,3 @@ def test_collator_augments_only_the_rows_of_augment_sources():
         torch.testing.assert_close(batch[name][0], expected[name][0], rtol=0, atol=0)  # espeak-ng: clean
         assert not torch.equal(batch[name][1], expected[name][1])  # fsdd: augmented
 
-
-def test_compile_flag_reaches_the_training_arguments_and_is_off_by_default(tmp_path):
-    for flags, compiled in (([], False), (["--compile"], True)):
-        args = train_hf.parse_args(["--output-dir", str(tmp_path), "--max-steps", "10", *flags])
-        assert train_hf.training_arguments(args, max_label=8).torch_compile is compiled
-
-
-def test_weight_decay_flag_reaches_the_training_arguments(tmp_path):
-    for flags, decay in (([], 0.01), (["--weight-decay", "0.1"], 0.1)):
-        args = train_hf.parse_args(["--output-dir", str(tmp_path), "--max-steps", "10", *flags])
-        assert train_hf.training_arguments(args, max_label=8).weight_decay == decay
-
-
-def test_model_flags_reach_the_config_and_unset_ones_keep_the_preset():
-    tokenizer = train_hf.build_tokenizer(["one two"])
-    preset = BRoPEASRConfig.from_preset("small")
-    default = train_hf.make_config(train_hf.parse_args([]), tokenizer)
-    assert (default.encoder_layers, default.decoder_layers, default.label_smoothing, default.dropout) == (
-        preset.encoder_layers, preset.decoder_layers, preset.label_smoothing, preset.dropout)
-    flags = ["--encoder-layers", "5", "--decoder-layers", "1", "--label-smoothing", "0.1", "--dropout", "0.2"]
-    config = train_hf.make_config(train_hf.parse_args(flags), tokenizer)
-    assert (config.encoder_layers, config.decoder_layers, config.label_smoothing, config.dropout) == (5, 1, 0.1, 0.2)

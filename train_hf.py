@@ -1483,19 +1483,15 @@ def print_results(results: dict, model, trainer: "ASRTrainer", collator: Collato
         print(f"{split} WER {100 * results[f'{split}_wer']:.2f}% (CER {100 * results[f'{split}_cer']:.2f}%) on {len(column)} clips")
 
 
-def main(argv=None) -> dict:
-    """Train, save, and test; returns the best model's validation and test metrics (per source too; no test ones without a test split) and "train_seconds"."""
-    args = parse_args(argv)
-    check_args(args)
-    args.max_steps = args.max_steps or DEFAULT_MAX_STEPS
-    splits = load_splits(args)
-    tokenizer = make_tokenizer(args, splits["train"])
-    config = make_config(args, tokenizer)
-    if args.num_beams is None:
-        args.num_beams = RESCORING_BEAMS if config.rescores_with_ctc else 1
+def prepare_splits(args: argparse.Namespace, splits: dict, tokenizer, config: BRoPEASRConfig,
+                   augmentations: tuple) -> tuple[dict, list[str], int]:
+    """Check and tokenize every split (`prepare_split`; a streamed training split as it is read), mark
+    which rows the collator varies, and set the config's duration bound from the fastest training speech.
+
+    Returns:
+        (prepared splits by name, the bad rows a stream skipped, the longest label sequence).
+    """
     skip_bad = args.on_bad_audio == "skip"
-    augmentations = parse_augmentations(args.augment)
-    varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
     prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad, decode=key != "train")
                 for key, split in splits.items() if not isinstance(split, IterableDataset)}
     stream_skipped = []
@@ -1508,22 +1504,44 @@ def main(argv=None) -> dict:
     timed = prepared["validation" if args.streaming else "train"]
     rates = [(len(labels) - 1) / seconds for labels, seconds in zip(timed["labels"], timed["seconds"])]
     config.max_tokens_per_second = float(math.ceil(1.5 * max(rates)))
+    varied = bool(augmentations) or args.join_probability > 0 or args.non_speech > 0
     for key, split in prepared.items():
         if key == "train" and args.streaming:
             prepared[key] = split.map(lambda row: {"augment": varied})
         else:
             prepared[key] = split.add_column("augment", [varied and key == "train"] * len(split))
+    return prepared, stream_skipped, max_label
+
+
+def plan_batches(args: argparse.Namespace, train: Dataset | IterableDataset, pools: dict, tokenizer) -> "PlannedBatches | None":
+    """The training batches, planned by length (`PlannedBatches`); None for a stream, which has no
+    length to plan, and with --group-by-length, which brings transformers' own sampler."""
+    if args.streaming or args.group_by_length:
+        return None
+    rows = train.select_columns(["source", "speaker", "text", "labels", "seconds"]).to_list()
+    return PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
+                          args.seed, DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats)
+
+
+def main(argv=None) -> dict:
+    """Train, save, and test; returns the best model's validation and test metrics (per source too; no test ones without a test split) and "train_seconds"."""
+    args = parse_args(argv)
+    check_args(args)
+    args.max_steps = args.max_steps or DEFAULT_MAX_STEPS
+    splits = load_splits(args)
+    tokenizer = make_tokenizer(args, splits["train"])
+    config = make_config(args, tokenizer)
+    if args.num_beams is None:
+        args.num_beams = RESCORING_BEAMS if config.rescores_with_ctc else 1
+    augmentations = parse_augmentations(args.augment)
+    prepared, stream_skipped, max_label = prepare_splits(args, splits, tokenizer, config, augmentations)
     pools = word_pools(prepared["train"]) if args.join_probability > 0 and not args.streaming else {}
-    reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad)
+    reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad=args.on_bad_audio == "skip")
     collator = Collator(
         config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability,
         reader=reader, augment_sources=args.augment_sources,
     )
-    planner = None  # a stream has no length to plan, and --group-by-length brings transformers' own sampler
-    if not args.streaming and not args.group_by_length:
-        rows = prepared["train"].select_columns(["source", "speaker", "text", "labels", "seconds"]).to_list()
-        planner = PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
-                                 args.seed, DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats)
+    planner = plan_batches(args, prepared["train"], pools, tokenizer)
 
     torch.manual_seed(args.seed)  # the model is built before Trainer seeds
     model = BRoPEASRForConditionalGeneration(config)

@@ -232,7 +232,7 @@ class Runner:
 @dataclass
 class Row:
     """One line of the table. `ratio` is None where the anchor was skipped; `target` None where the
-    issue sets none."""
+    row has no target."""
 
     section: int
     name: str
