@@ -1759,7 +1759,7 @@ def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
     assert set(history[0]) == set(train_hf.MetricsTable.COLUMNS)
     assert (output / "model.safetensors").exists() and (output / "checkpoint-4" / "model.safetensors").exists()
     assert (output / "brope_asr.py").exists() and (output / "processor_config.json").exists()
-    assert transformers.GenerationConfig.from_pretrained(output).num_beams == train_hf.RESCORING_BEAMS  # decodes as evaluated
+    assert transformers.GenerationConfig.from_pretrained(output).num_beams == train_hf.RESCORING_BEAMS  # decodes as the final scores did
     processor = transformers.AutoProcessor.from_pretrained(output)  # saved with the model, found by AutoProcessor
     assert isinstance(processor, brope_asr.BRoPEASRProcessor) and processor.feature_extractor.input_mode == "both"
     with open(output / "mixes.csv", newline="") as file:

@@ -1545,7 +1545,7 @@ def main(argv=None) -> dict:
 
     torch.manual_seed(args.seed)  # the model is built before Trainer seeds
     model = BRoPEASRForConditionalGeneration(config)
-    model.generation_config.num_beams = args.num_beams  # saved with the model: transcribe and the pipeline decode as evaluation did
+    model.generation_config.num_beams = args.num_beams  # saved with the model: transcribe and the pipeline decode as the final scores did
     table, tracker = MetricsTable(), MixTracker(every=min(50, args.eval_steps))
     trainer = ASRTrainer(
         model=model,
