@@ -2444,11 +2444,24 @@ def test_model_flags_reach_the_config_and_unset_ones_keep_the_preset():
     tokenizer = train_hf.build_tokenizer(["one two"])
     preset = BRoPEASRConfig.from_preset("small")
     default = train_hf.make_config(train_hf.parse_args([]), tokenizer)
-    assert (default.encoder_layers, default.decoder_layers, default.label_smoothing, default.dropout) == (
-        preset.encoder_layers, preset.decoder_layers, preset.label_smoothing, preset.dropout)
-    flags = ["--encoder-layers", "5", "--decoder-layers", "1", "--label-smoothing", "0.1", "--dropout", "0.2"]
-    config = train_hf.make_config(train_hf.parse_args(flags), tokenizer)
-    assert (config.encoder_layers, config.decoder_layers, config.label_smoothing, config.dropout) == (5, 1, 0.1, 0.2)
+    fields = list(train_hf.PRESET_FLAGS.values())
+    assert [getattr(default, field) for field in fields] == [getattr(preset, field) for field in fields]
+    flags = {  # each flag set to a value its preset does not have
+        "--ctc-weight": ("0.5", 0.5), "--ctc-rescoring-weight": ("0.7", 0.7), "--ctc-outputs-per-frame": ("2", 2),
+        "--downsampling-factor": ("2", 2), "--dropout": ("0.2", 0.2), "--label-smoothing": ("0.1", 0.1),
+        "--encoder-layers": ("5", 5), "--decoder-layers": ("1", 1), "--no-absolute-positions": (None, False),
+        "--no-normalize-features": (None, False), "--spectrogram-floor-db": ("60", 60.0), "--spectrogram-max-hz": ("3000", 3000.0),
+    }
+    argv = [part for flag, (value, _) in flags.items() for part in (flag, value) if part is not None]
+    config = train_hf.make_config(train_hf.parse_args(argv), tokenizer)
+    expected = [want for _, want in flags.values()]
+    names = [train_hf.PRESET_FLAGS[flag.removeprefix("--no-").removeprefix("--").replace("-", "_")] for flag in flags]
+    assert [getattr(config, field) for field in names] == expected
+    assert len(set(names)) == len(train_hf.PRESET_FLAGS) - 1  # every flag but --normalize-variance, which needs the mean
+    variance = train_hf.make_config(train_hf.parse_args(["--normalize-variance"]), tokenizer)
+    assert variance.normalize_feature_variance and not preset.normalize_feature_variance
+    zeros = train_hf.make_config(train_hf.parse_args(["--spectrogram-floor-db", "0", "--spectrogram-max-hz", "0"]), tokenizer)
+    assert zeros.spectrogram_floor_db is None and zeros.spectrogram_max_hz is None  # 0: Whisper's 80 dB and all bins
 
 
 # ----------------------------------- train_hf.py and the corpus: splits, joined words, augmentation, non-speech

@@ -1365,8 +1365,29 @@ def make_tokenizer(args: argparse.Namespace, train: Dataset | IterableDataset):
     return build_tokenizer(train_texts)
 
 
+# The model flags that keep the preset's value when unset (None): argparse name -> config field.
+PRESET_FLAGS = {
+    "ctc_weight": "ctc_weight",
+    "ctc_rescoring_weight": "ctc_rescoring_weight",
+    "ctc_outputs_per_frame": "ctc_outputs_per_frame",
+    "downsampling_factor": "downsampling_factor",
+    "dropout": "dropout",
+    "label_smoothing": "label_smoothing",
+    "encoder_layers": "encoder_layers",
+    "decoder_layers": "decoder_layers",
+    "absolute_positions": "absolute_encoder_positions",
+    "normalize_features": "normalize_features",
+    "normalize_variance": "normalize_feature_variance",
+    "spectrogram_floor_db": "spectrogram_floor_db",
+    "spectrogram_max_hz": "spectrogram_max_hz",
+}
+ZERO_IS_NONE = ("spectrogram_floor_db", "spectrogram_max_hz")  # 0 on the command line: the field's None (80 dB, all bins)
+
+
 def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
     """The preset with the tokenizer's ids and the model flags applied (a flag left unset keeps the preset's value)."""
+    overrides = {field: getattr(args, flag) for flag, field in PRESET_FLAGS.items() if getattr(args, flag) is not None}
+    overrides.update({field: overrides[field] or None for field in ZERO_IS_NONE if field in overrides})
     return BRoPEASRConfig.from_preset(
         args.preset,
         vocab_size=len(tokenizer),
@@ -1377,19 +1398,7 @@ def make_config(args: argparse.Namespace, tokenizer) -> BRoPEASRConfig:
         input_mode=args.input_mode,
         use_betweenness=args.betweenness,
         blend_attention=args.blend_attention,
-        **({"ctc_weight": args.ctc_weight} if args.ctc_weight is not None else {}),
-        **({"ctc_rescoring_weight": args.ctc_rescoring_weight} if args.ctc_rescoring_weight is not None else {}),
-        **({"ctc_outputs_per_frame": args.ctc_outputs_per_frame} if args.ctc_outputs_per_frame is not None else {}),
-        **({"downsampling_factor": args.downsampling_factor} if args.downsampling_factor else {}),
-        **({"dropout": args.dropout} if args.dropout is not None else {}),
-        **({"label_smoothing": args.label_smoothing} if args.label_smoothing is not None else {}),
-        **({"encoder_layers": args.encoder_layers} if args.encoder_layers is not None else {}),
-        **({"decoder_layers": args.decoder_layers} if args.decoder_layers is not None else {}),
-        **({"absolute_encoder_positions": args.absolute_positions} if args.absolute_positions is not None else {}),
-        **({"normalize_features": args.normalize_features} if args.normalize_features is not None else {}),
-        **({"normalize_feature_variance": args.normalize_variance} if args.normalize_variance is not None else {}),
-        **({"spectrogram_floor_db": args.spectrogram_floor_db or None} if args.spectrogram_floor_db is not None else {}),
-        **({"spectrogram_max_hz": args.spectrogram_max_hz or None} if args.spectrogram_max_hz is not None else {}),
+        **overrides,
     )
 
 
