@@ -50,7 +50,7 @@ MODES = ("spectrogram", "waveform", "both")
 SWITCHES = {"off": False, "on": True}
 DEFAULT_STEPS = 300  # 12 cells x 3 seeds in 50.5 min on 2 CPU cores (measurement in the module docstring)
 QUICK_STEPS = 30  # exercises every cell and fills the table; WER is still above 100% this early
-BLENDS = ("input_blend", "attention_blend", "betweenness_gate")  # keys of model.learned_mixes()
+LEARNED_MIXES = ("input_blend", "attention_blend", "betweenness_gate")  # keys of model.learned_mixes()
 LONG_BUCKETS = ((8, 10), (11, 14), (15, 20))  # digits per string of the --long set, reported apart
 # train_hf options that define a cell and its budget: set by this script, never passed through after --
 MANAGED = ("--output-dir", "--input-mode", "--betweenness", "--no-betweenness", "--blend-attention",
@@ -178,7 +178,7 @@ def long_string_wers(run_dir: Path, long_dir: Path, batch_size: int = 16) -> dic
 def train(run_dir: Path, arguments: list[str], long_dir: Path | None = None) -> dict:
     """Train and test one run with train_hf.main and write its result.json.
 
-    Returns: {"test_wer", "test_cer", "val_loss", "parameters", "train_seconds", "seconds", BLENDS
+    Returns: {"test_wer", "test_cer", "val_loss", "parameters", "train_seconds", "seconds", LEARNED_MIXES
     that are enabled..., "arguments"}, plus `long_string_wers` with `long_dir`; train_seconds is
     trainer.train alone (the steps and the final validation), seconds the wall time of the whole
     train_hf run (data, model, training, test, saving).
@@ -259,7 +259,7 @@ def summarize(cell: Cell, results: list[dict | None]) -> dict:
         "parameters": done[0]["parameters"] if done else None,
     }
     long_keys = ("long_wer",) + tuple(f"long_wer_{low}_{high}" for low, high in LONG_BUCKETS)
-    for key in ("test_wer", "test_cer", "val_loss", "train_seconds", "seconds") + BLENDS + long_keys:
+    for key in ("test_wer", "test_cer", "val_loss", "train_seconds", "seconds") + LEARNED_MIXES + long_keys:
         row[f"{key}_mean"], row[f"{key}_std"] = spread([result[key] for result in done if key in result])
     return row
 
@@ -290,7 +290,7 @@ def markdown_table(rows: list[dict], seeds: int) -> str:
             f"{row['parameters']:,}" if row["parameters"] else "–",
             plus_minus(row["train_seconds_mean"], row["train_seconds_std"], digits=0),
             plus_minus(row["seconds_mean"], row["seconds_std"], digits=0),
-            *(plus_minus(row[f"{key}_mean"], row[f"{key}_std"], digits=3) for key in BLENDS),
+            *(plus_minus(row[f"{key}_mean"], row[f"{key}_std"], digits=3) for key in LEARNED_MIXES),
             *((plus_minus(row["long_wer_mean"], row["long_wer_std"], 100),
                *(plus_minus(row[f"long_wer_{low}_{high}_mean"], row[f"long_wer_{low}_{high}_std"], 100) for low, high in LONG_BUCKETS))
               if long else ()),
