@@ -7,6 +7,8 @@ each way of decoding that MODE compares, every clip decoded whole in batches of 
           hypothesis keeps the beam's order), 'top' (only a clip whose beam's first
           hypothesis is such keeps the beam's order); and how many clips have them
   widths  beams of 2, 4 and 8, each rescored with CTC, with decoding seconds
+  wider   beams of 8 and 16, each rescored with CTC, with decoding seconds
+  weights a beam of 8 rescored with CTC at weights 0.3, 0.5 and 0.7
 
 Usage: python runs/speed/logs/decode_probe.py MODE THREADS DATA_DIR SPLIT RUN_DIR... (from the repository root)
 """
@@ -72,6 +74,8 @@ def decoders(model):
         "modes": {"greedy": with_weight(weight, 1), "beam4": with_weight(0.0, 4), "rescored": with_weight(weight, 4)},
         "rules": {rule: with_rule(rule) for rule in ("veto", "abstain", "top")},
         "widths": {f"beam {w}": with_weight(weight, w) for w in (2, 4, 8)},
+        "wider": {f"beam {w}": with_weight(weight, w) for w in (8, 16)},
+        "weights": {f"beam 8, weight {w}": with_weight(w, 8) for w in (0.3, 0.5, 0.7)},
     }[mode]
 
 
@@ -96,7 +100,7 @@ for run in runs:
         for source in sorted({r["source"] for r in rows}):
             mine = [i for i, r in enumerate(rows) if r["source"] == source]
             parts.append(f"{source} {100 * word_error_rate([texts[i] for i in mine], [rows[i]['transcription'] for i in mine]):.2f}%")
-        timing = f" ({seconds[name]:.1f} s decoding)" if mode == "widths" else ""
+        timing = f" ({seconds[name]:.1f} s decoding)" if mode in ("widths", "wider") else ""
         print(run, split, name, " ".join(parts) + timing, flush=True)
     if mode == "rules":
         print(run, split, "clips with a hypothesis CTC cannot align:", counts["any"], "of", counts["clips"],
