@@ -4,7 +4,7 @@ With no arguments it trains the small preset on the spoken-digits corpus shipped
 reports WER from autoregressive decoding (never from teacher-forced argmax) on the validation
 split during training and on the test split (held-out voices) at the end:
 
-    python train_hf.py                                   # CPU, 8-11.5 minutes on 2 cores (README: measured)
+    python train_hf.py                                   # CPU, 8-10.5 minutes on 2 cores (README: measured)
     python train_hf.py --input-mode both --betweenness --blend-attention --ctc-weight 0
     torchrun --nproc_per_node 2 train_hf.py --max-steps 400
     python train_hf.py --dataset openslr/librispeech_asr --dataset-config clean \\
@@ -1493,14 +1493,13 @@ def print_results(results: dict, model, trainer: "ASRTrainer", collator: Collato
 
 
 def prepare_splits(args: argparse.Namespace, splits: dict, tokenizer, config: BRoPEASRConfig,
-                   augmentations: tuple) -> tuple[dict, list[str], int]:
+                   augmentations: tuple, skip_bad: bool) -> tuple[dict, list[str], int]:
     """Check and tokenize every split (`prepare_split`; a streamed training split as it is read), mark
     which rows the collator varies, and set the config's duration bound from the fastest training speech.
 
     Returns:
         (prepared splits by name, the bad rows a stream skipped, the longest label sequence).
     """
-    skip_bad = args.on_bad_audio == "skip"
     prepared = {key: prepare_split(split, key, tokenizer, config, skip_bad, decode=key != "train")
                 for key, split in splits.items() if not isinstance(split, IterableDataset)}
     stream_skipped = []
@@ -1543,9 +1542,10 @@ def main(argv=None) -> dict:
     if args.num_beams is None:
         args.num_beams = RESCORING_BEAMS if config.rescores_with_ctc else 1
     augmentations = parse_augmentations(args.augment)
-    prepared, stream_skipped, max_label = prepare_splits(args, splits, tokenizer, config, augmentations)
+    skip_bad = args.on_bad_audio == "skip"
+    prepared, stream_skipped, max_label = prepare_splits(args, splits, tokenizer, config, augmentations, skip_bad)
     pools = word_pools(prepared["train"]) if args.join_probability > 0 and not args.streaming else {}
-    reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad=args.on_bad_audio == "skip")
+    reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad)
     collator = Collator(
         config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability,
         reader=reader, augment_sources=args.augment_sources,
