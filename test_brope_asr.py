@@ -2596,6 +2596,20 @@ def test_source_repeats_draw_a_source_that_many_times_an_epoch():
             train_hf.parse_repeats(bad)
 
 
+def test_default_source_repeats_name_sources_of_the_shipped_training_split_and_a_named_unknown_source_is_an_error():
+    shipped = {row["source"] for row in read_metadata() if row["split"] == "train"}
+    assert set(train_hf.DEFAULT_SOURCE_REPEATS) <= shipped  # a misspelt default would silently repeat nothing
+    rows, pools = planned_rows(40)
+    rows = [{**row, "source": "real" if row["speaker"] == "ann" else "synthetic"} for row in rows]
+    train = datasets.Dataset.from_list(rows)
+    args = train_hf.parse_args(["--source-repeats", "real=2,mbrolla=2"])
+    with pytest.raises(ValueError, match="does not have: mbrolla .*it has: real, synthetic"):
+        train_hf.plan_batches(args, train, pools, PLAN_TOKENIZER)
+    default = train_hf.plan_batches(train_hf.parse_args([]), train, pools, PLAN_TOKENIZER)  # no fsdd here: once each
+    assert len(default) == 40 and len(train_hf.plan_batches(train_hf.parse_args(["--source-repeats", "real=2"]), train, pools,
+                                                            PLAN_TOKENIZER)) == 60
+
+
 def test_a_plan_states_the_duration_of_the_example_the_collator_builds():
     torch.manual_seed(0)
     words = [0.1 * torch.randn(int(SAMPLE_RATE * seconds)) for seconds in (0.3, 0.45, 0.5)]

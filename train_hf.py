@@ -63,7 +63,9 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
 DEFAULT_MAX_STEPS = 2300
 RESCORING_BEAMS = 8  # decoding's beam width when CTC rescores it: 8 hypotheses per clip (README, CTC)
-DEFAULT_SOURCE_REPEATS = {"fsdd": 2}  # the embedded corpus's real people, a third of its training rows, are heard twice an epoch
+# Training rows of these sources come N times an epoch: the embedded corpus's real people (a third of its rows), and
+# the two other engines' voices (a fifth), whose share this raises from 21% to 35% of an epoch (README, "Other engines twice")
+DEFAULT_SOURCE_REPEATS = {"fsdd": 2, "mbrola": 2, "pico": 2}
 TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
 
@@ -1303,7 +1305,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--non-speech", type=float, default=0.08, help="share of training examples replaced by non-speech labelled empty")
     data.add_argument("--source-repeats", type=parse_repeats,
                       help="SOURCE=N,...: training rows of these sources come N times an epoch; '' for once each "
-                           "(default fsdd=2: the embedded corpus's real people, a third of its rows, heard twice)")
+                           "(default fsdd=2,mbrola=2,pico=2: the embedded corpus's real people and other engines heard twice; "
+                           "a source the corpus lacks is an error when named here, ignored in the default)")
     data.add_argument("--sorted-batches", type=int, default=1,
                       help="make training batches this many at a time from examples sorted by planned duration (1 = random batches)")
     train = parser.add_argument_group("training")
@@ -1527,8 +1530,13 @@ def plan_batches(args: argparse.Namespace, train: Dataset | IterableDataset, poo
     if args.streaming or args.group_by_length:
         return None
     rows = train.select_columns(["source", "speaker", "text", "labels", "seconds"]).to_list()
+    repeats = DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats
+    sources = {row["source"] for row in rows}
+    if args.source_repeats is not None and set(repeats) - sources:  # the default applies to the sources a corpus has
+        raise ValueError(f"--source-repeats names sources the training split does not have: "
+                         f"{', '.join(sorted(set(repeats) - sources))} (it has: {', '.join(sorted(sources))})")
     return PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
-                          args.seed, DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats)
+                          args.seed, repeats)
 
 
 def main(argv=None) -> dict:
