@@ -64,7 +64,7 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEAS
 DEFAULT_MAX_STEPS = 2300
 RESCORING_BEAMS = 8  # decoding's beam width when CTC rescores it: 8 hypotheses per clip (README, CTC)
 # Training rows of these sources come N times an epoch: the embedded corpus's real people (a third of its rows), and
-# the two other engines' voices (a fifth), whose share this raises from 21% to 35% of an epoch (README, "Other engines twice")
+# the two other engines' voices (a fifth), whose share this raises from 21% to 35% of an epoch (README, "The other engines twice an epoch")
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2, "mbrola": 2, "pico": 2}
 TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
@@ -1536,7 +1536,7 @@ def plan_batches(args: argparse.Namespace, train: Dataset | IterableDataset, poo
         raise ValueError(f"--source-repeats names sources the training split does not have: "
                          f"{', '.join(sorted(set(repeats) - sources))} (it has: {', '.join(sorted(sources))})")
     return PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
-                          args.seed, repeats)
+                          args.seed, {source: n for source, n in repeats.items() if source in sources})
 
 
 def main(argv=None) -> dict:
