@@ -4,7 +4,7 @@ With no arguments it trains the small preset on the spoken-digits corpus shipped
 reports WER from autoregressive decoding (never from teacher-forced argmax) on the validation
 split during training and on the test split (held-out voices) at the end:
 
-    python train_hf.py                                   # CPU, 8-10.5 minutes on 2 cores (README: measured)
+    python train_hf.py                                   # CPU, 7.5-10.5 minutes on 2 cores (README: measured)
     python train_hf.py --input-mode both --betweenness --blend-attention --ctc-weight 0
     torchrun --nproc_per_node 2 train_hf.py --max-steps 400
     python train_hf.py --dataset openslr/librispeech_asr --dataset-config clean \\
