@@ -63,8 +63,9 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, matching BRoPEASRConfig's defaults
 DEFAULT_MAX_STEPS = 2300
 RESCORING_BEAMS = 8  # decoding's beam width when CTC rescores it: 8 hypotheses per clip (README, CTC)
-# Training rows of these sources come N times an epoch: the embedded corpus's real people (a third of its rows), and
-# the two other engines' voices (a fifth), whose share this raises from 21% to 35% of an epoch (README, "The other engines twice an epoch")
+# Training rows of these sources come N times an epoch: the embedded corpus's real people (28% of its training rows) and
+# its other engines' utterances (27%), which are then 35% of an epoch's draws instead of 21% (README, "The other engines
+# twice an epoch")
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2, "mbrola": 2, "pico": 2}
 TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
