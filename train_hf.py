@@ -1533,9 +1533,10 @@ def plan_batches(args: argparse.Namespace, train: Dataset | IterableDataset, poo
     rows = train.select_columns(["source", "speaker", "text", "labels", "seconds"]).to_list()
     repeats = DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats
     sources = {row["source"] for row in rows}
-    if args.source_repeats is not None and set(repeats) - sources:  # the default applies to the sources a corpus has
+    missing = set(repeats) - sources
+    if args.source_repeats is not None and missing:  # the default applies to the sources a corpus has
         raise ValueError(f"--source-repeats names sources the training split does not have: "
-                         f"{', '.join(sorted(set(repeats) - sources))} (it has: {', '.join(sorted(sources))})")
+                         f"{', '.join(sorted(missing))} (it has: {', '.join(sorted(sources))})")
     return PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
                           args.seed, {source: n for source, n in repeats.items() if source in sources})
 
