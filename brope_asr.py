@@ -512,21 +512,15 @@ def attention_reference(
 
 
 class Attention(nn.Module):
-    """Multi-head attention for encoder self-attention ("self"), decoder self-attention ("causal")
-    and decoder cross-attention ("cross").
-
-    Self-attention rotates queries and keys by (b)RoPE; cross-attention compares text with audio
-    frames, whose positions live on another axis, so it uses none. The decoder's cache holds keys
-    *after* rotation: a token's position (with bRoPE, its index plus a shift from the values of the
-    triple ending at it) depends on tokens up to it only, so it never changes once computed, and a
-    step rotates only its new keys, from the last 2 k cached values and its own. Cached and
-    uncached decoding take the same path: without a cache the past is empty.
+    """Multi-head attention's shared part: the projections, the optional learned blend, and
+    `attend`, softmax(sim(q, k) + mask) v then the output projection (Whisper's `qkv_attention`).
+    `SelfAttention` and `CrossAttention` choose the keys and values, and own their caches.
     """
 
-    def __init__(self, config: BRoPEASRConfig, num_heads: int, kind: Literal["self", "causal", "cross"], layer_idx: int):
+    def __init__(self, config: BRoPEASRConfig, num_heads: int, layer_idx: int):
         super().__init__()
         width = config.d_model
-        self.kind, self.layer_idx, self.num_heads = kind, layer_idx, num_heads
+        self.layer_idx, self.num_heads = layer_idx, num_heads
         self.head_dim = width // num_heads
         self.dropout = config.attention_dropout
         self.q_proj = nn.Linear(width, width)
@@ -534,12 +528,6 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(width, width)
         self.out_proj = nn.Linear(width, width)
         self.out_proj.residual_output = True  # initialized smaller, by depth (see _init_weights)
-        positional = kind != "cross"
-        self.rope_theta = config.rope_theta
-        self.log_inv_freq = (
-            nn.Parameter(torch.empty(self.head_dim // 2)) if positional and config.learned_rope_frequencies else None
-        )
-        self.betweenness = BetweennessShift(config, num_heads) if positional and config.use_betweenness else None
         # b = sigmoid(blend_logit) and tau = exp(log_temperature) are recomputed in forward so they train.
         self.blend_logit = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
         self.log_temperature = nn.Parameter(torch.empty(num_heads)) if config.blend_attention else None
@@ -555,6 +543,43 @@ class Attention(nn.Module):
         temperature = self.log_temperature.clamp(0.0, log_max).exp().clamp(1.0, self.max_temperature)
         return torch.sigmoid(self.blend_logit), temperature
 
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool = False
+    ) -> torch.Tensor:
+        """out_proj(softmax(sim(q, k) + mask) v), sim the blended similarity when on (`attention`).
+
+        Args:
+            q: (B, H, S, Dh); k, v: (B, H, T, Dh).
+            mask: bool key mask broadcastable to (B, H, S, T), or None; is_causal: query i sees keys <= i.
+        Returns:
+            (B, S, D).
+        """
+        blend, temperature = self.blend_and_temperature()
+        out = attention(q, k, v, mask, is_causal, blend, temperature, dropout=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, S, D)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, D) -> (B, H, S, Dh)."""
+        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+
+class SelfAttention(Attention):
+    """Self-attention with (b)RoPE: the encoder's (every frame sees every real frame) and the decoder's
+    (`causal`: a token sees itself and earlier tokens).
+
+    The decoder's cache holds keys *after* rotation: a token's position (with bRoPE, its index plus a
+    shift from the values of the triple ending at it) depends on tokens up to it only, so it never
+    changes once computed, and a step rotates only its new keys, from the last 2 k cached values and
+    its own. Cached and uncached decoding take the same path: without a cache the past is empty.
+    """
+
+    def __init__(self, config: BRoPEASRConfig, num_heads: int, layer_idx: int, causal: bool):
+        super().__init__(config, num_heads, layer_idx)
+        self.causal = causal
+        self.rope_theta = config.rope_theta
+        self.log_inv_freq = nn.Parameter(torch.empty(self.head_dim // 2)) if config.learned_rope_frequencies else None
+        self.betweenness = BetweennessShift(config, num_heads) if config.use_betweenness else None
+
     def inv_freq(self, device: torch.device) -> torch.Tensor:
         """(Dh / 2,) rotary frequencies: learned, or computed from theta (never stored as a buffer)."""
         if self.log_inv_freq is not None:
@@ -564,7 +589,6 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
         cache: EncoderDecoderCache | None = None,
@@ -572,27 +596,20 @@ class Attention(nn.Module):
         """softmax(sim(R q, R k) + mask) v with (b)RoPE rotations R, then the output projection.
 
         Args:
-            x: (B, S, D) queries' stream (and keys' for self-attention).
-            context: (B, T, D) encoder states, for "cross".
-            mask: bool key mask broadcastable to (B, 1, S, T) for "self" and "cross"; "causal" builds its own.
-            valid: (B, S) bool real positions, for the encoder's betweenness; None if unpadded.
-            cache: the decoder's cache ("causal" and "cross"); updated in place.
+            x: (B, S, D) the new tokens' (or frames') stream.
+            mask: (B, 1, 1, S) bool key mask for the encoder, or None; the causal mask is built here.
+            valid: (B, S) bool real frames, for the encoder's betweenness; None if unpadded.
+            cache: the decoder's cache, updated in place; None without one.
         Returns:
             (B, S, D).
         """
-        q = self._split_heads(self.q_proj(x))  # (B, H, S, Dh)
+        q, k, v = self._split_heads(self.q_proj(x)), self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+        q, k = self._rotate(q, k, v, self._cached_values(cache), valid)  # (B, H, S, Dh) each
+        k, v = self._append_to_cache(k, v, cache)  # (B, H, S_total, Dh): cached past, then the new S
         is_causal = False
-        if self.kind == "cross":
-            k, v = self._cross_keys_values(context, cache)  # (B, H, T, Dh)
-        else:
-            k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))  # (B, H, S, Dh): the new S
-            q, k = self._rotate(q, k, v, self._cached_values(cache), valid)
-            k, v = self._append_to_cache(k, v, cache)  # (B, H, S_total, Dh): cached past, then the new S
-            if self.kind == "causal":
-                mask, is_causal = _causal_mask(q.shape[2], k.shape[2], x.device)
-        blend, temperature = self.blend_and_temperature()
-        out = attention(q, k, v, mask, is_causal, blend, temperature, dropout=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(x.shape))  # (B, S, D)
+        if self.causal:
+            mask, is_causal = _causal_mask(q.shape[2], k.shape[2], x.device)
+        return self.attend(q, k, v, mask, is_causal)
 
     def _rotate(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: torch.Tensor | None, valid: torch.Tensor | None
@@ -611,18 +628,13 @@ class Attention(nn.Module):
         if self.betweenness is not None:
             if past is not None:  # the triple ending at each new token reaches 2 k tokens back
                 v = torch.cat([past[:, :, max(first - 2 * self.betweenness.offset, 0) :], v], dim=2)
-            shift = self.betweenness(v, causal=self.kind == "causal", valid=valid)  # (B, 1, S + what past it kept)
+            shift = self.betweenness(v, causal=self.causal, valid=valid)  # (B, 1, S + what past it kept)
             positions = positions + shift[..., v.shape[2] - length :]  # (B, 1, S)
         angles = rotary_angles(positions, self.inv_freq(q.device))  # (..., S, Dh / 2): shared by q and k
         return Rotation.apply(q, angles), Rotation.apply(k, angles)
 
     # Cache bookkeeping, apart from the maths: transformers' EncoderDecoderCache holds the decoder's
-    # past rotated keys and values (self-attention) and the encoder's keys/values (cross-attention,
-    # computed once).
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, S, D) -> (B, H, S, Dh)."""
-        return x.view(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+    # past rotated keys and values.
 
     def _cached_values(self, cache: EncoderDecoderCache | None) -> torch.Tensor | None:
         """(B, H, P, Dh) the values of the P tokens cached before this step, or None if there are none."""
@@ -638,14 +650,36 @@ class Attention(nn.Module):
             return k, v
         return cache.self_attention_cache.update(k, v, self.layer_idx)
 
-    def _cross_keys_values(
-        self, context: torch.Tensor, cache: EncoderDecoderCache | None
+
+class CrossAttention(Attention):
+    """The decoder's attention to the encoder states. Text and audio frames have positions on
+    different axes, so nothing is rotated; the audio's keys and values are projected once per clip
+    and cached."""
+
+    def forward(
+        self, x: torch.Tensor, audio: torch.Tensor, mask: torch.Tensor | None, cache: EncoderDecoderCache | None = None
+    ) -> torch.Tensor:
+        """softmax(sim(q, k) + mask) v, queries from the text, keys and values from the audio.
+
+        Args:
+            x: (B, S, D) decoder states; audio: (B, T', D) encoder states.
+            mask: (B, 1, 1, T') bool key mask over the audio, or None.
+            cache: the decoder's cache, updated in place; None without one.
+        Returns:
+            (B, S, D).
+        """
+        q = self._split_heads(self.q_proj(x))  # (B, H, S, Dh)
+        k, v = self._audio_keys_values(audio, cache)  # (B, H, T', Dh) each
+        return self.attend(q, k, v, mask)
+
+    def _audio_keys_values(
+        self, audio: torch.Tensor, cache: EncoderDecoderCache | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the encoder states (B, T, D), projected once per clip: each (B, H, T, Dh)."""
+        """Keys and values of the encoder states (B, T', D), projected once per clip: each (B, H, T', Dh)."""
         if cache is not None and cache.is_updated.get(self.layer_idx):
             layer = cache.cross_attention_cache.layers[self.layer_idx]
             return layer.keys, layer.values
-        k, v = self._split_heads(self.k_proj(context)), self._split_heads(self.v_proj(context))
+        k, v = self._split_heads(self.k_proj(audio)), self._split_heads(self.v_proj(audio))
         if cache is not None:
             k, v = cache.cross_attention_cache.update(k, v, self.layer_idx)
             cache.is_updated[self.layer_idx] = True
@@ -717,7 +751,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, config: BRoPEASRConfig, layer_idx: int):
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(config.d_model)
-        self.self_attn = Attention(config, config.encoder_attention_heads, "self", layer_idx)
+        self.self_attn = SelfAttention(config, config.encoder_attention_heads, layer_idx, causal=False)
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.encoder_ffn_dim)
         self.dropout = Dropout(config.dropout)
@@ -743,9 +777,9 @@ class DecoderLayer(nn.Module):
         super().__init__()
         heads = config.decoder_attention_heads
         self.self_attn_norm = nn.LayerNorm(config.d_model)
-        self.self_attn = Attention(config, heads, "causal", layer_idx)
+        self.self_attn = SelfAttention(config, heads, layer_idx, causal=True)
         self.cross_attn_norm = nn.LayerNorm(config.d_model)
-        self.cross_attn = Attention(config, heads, "cross", layer_idx)
+        self.cross_attn = CrossAttention(config, heads, layer_idx)
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.decoder_ffn_dim)
         self.dropout = Dropout(config.dropout)
@@ -764,7 +798,7 @@ class DecoderLayer(nn.Module):
             (B, S, D).
         """
         x = x + self.dropout(self.self_attn(self.self_attn_norm(x), cache=cache))
-        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), context=audio, mask=audio_mask, cache=cache))
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), audio, audio_mask, cache))
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -1408,7 +1442,8 @@ INIT_RULES = {
     "Conv1d": "He normal (fan-in, for GELU), bias 0",
     "Embedding": "normal, std init_std",
     "LayerNorm": "weight 1, bias 0",
-    "Attention": "blend b = 0.5, temperature tau = sqrt(Dh), learned RoPE frequencies = fixed ones",
+    "SelfAttention": "blend b = 0.5, temperature tau = sqrt(Dh), learned RoPE frequencies = fixed ones",
+    "CrossAttention": "blend b = 0.5, temperature tau = sqrt(Dh)",
     "BetweennessShift": "gate 0: bRoPE starts as plain RoPE",
     "Encoder": "input blend b = 0.5",
 }
@@ -1468,7 +1503,7 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
             if module.blend_logit is not None:
                 init.zeros_(module.blend_logit)
                 init.constant_(module.log_temperature, 0.5 * math.log(module.head_dim))
-            if module.log_inv_freq is not None:
+            if isinstance(module, SelfAttention) and module.log_inv_freq is not None:
                 init.copy_(module.log_inv_freq, rope_frequencies(module.head_dim, module.rope_theta).log())
         elif isinstance(module, BetweennessShift):
             init.zeros_(module.gate)
@@ -1503,7 +1538,7 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
         if self.config.blend_attention:
             values["attention_blend"] = torch.cat([m.blend_and_temperature()[0] for m in attentions]).mean().item()
         if self.config.use_betweenness:
-            gates = [torch.tanh(m.betweenness.gate) for m in attentions if m.betweenness is not None]
+            gates = [torch.tanh(m.gate) for m in self.modules() if isinstance(m, BetweennessShift)]
             values["betweenness_gate"] = torch.stack(gates).mean().item()
         return values
 

@@ -38,6 +38,7 @@ from brope_asr import (
     BetweennessShift,
     BRoPEASRConfig,
     BRoPEASRForConditionalGeneration,
+    SelfAttention,
 )
 
 REPO = Path(__file__).resolve().parent
@@ -100,7 +101,7 @@ def move_off_init(model: BRoPEASRForConditionalGeneration) -> BRoPEASRForConditi
             if isinstance(module, Attention) and module.blend_logit is not None:
                 module.blend_logit.uniform_(-2.0, 2.0)
                 module.log_temperature.uniform_(0.0, math.log(20.0))
-            if isinstance(module, Attention) and module.log_inv_freq is not None:
+            if isinstance(module, SelfAttention) and module.log_inv_freq is not None:
                 module.log_inv_freq.add_(0.1 * torch.randn_like(module.log_inv_freq))
             if isinstance(module, BetweennessShift):
                 module.gate.uniform_(0.5, 1.5)  # tanh(gate) in [0.46, 0.91]: shifts near a token
@@ -1011,18 +1012,19 @@ def test_initialization_report_counts_modules_by_rule(capsys):
     report = model.initialization_report()
     printed = capsys.readouterr().out
     # Hand count for one encoder and one decoder layer with every feature on:
-    # Attention: encoder self, decoder self and cross; bRoPE in the two self-attentions.
+    # SelfAttention: the encoder's and the decoder's, each with bRoPE; CrossAttention: the decoder's.
     # Linear: 4 per attention, 2 betweenness projections, 2 per feed-forward, squeeze and excite, CTC head.
     # Conv1d: 3 in the spectrogram front end, 4 in the waveform front end, the downsampling.
     # LayerNorm: 2 front-end norms, 2 + final in the encoder, 3 + final in the decoder.
     assert report["modules"] == {
-        "Attention": 3,
         "BetweennessShift": 2,
         "Conv1d": 8,
+        "CrossAttention": 1,
         "Embedding": 1,
         "Encoder": 1,
         "LayerNorm": 9,
         "Linear": 4 * 3 + 2 + 2 * 2 + 2 + 1,
+        "SelfAttention": 2,
     }
     owners = {type(m).__name__ for m in model.modules() if any(True for _ in m.parameters(recurse=False))}
     assert owners <= set(brope_asr.INIT_RULES), owners - set(brope_asr.INIT_RULES)
@@ -1043,7 +1045,7 @@ def test_initialization_starts_at_the_plain_baseline():
             blend, temperature = module.blend_and_temperature()
             assert_close(blend, torch.full((2,), 0.5), atol=1e-7)
             assert_close(temperature, torch.full((2,), math.sqrt(head_dim)), atol=1e-5)
-            if module.log_inv_freq is not None:
+            if isinstance(module, SelfAttention) and module.log_inv_freq is not None:
                 assert_close(module.inv_freq(None), brope_asr.rope_frequencies(head_dim, 10000.0), atol=1e-7)
         if isinstance(module, BetweennessShift):
             assert not module.gate.any()
