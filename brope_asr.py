@@ -1327,7 +1327,10 @@ class Encoder(nn.Module):
         Returns:
             `BaseModelOutput` with last_hidden_state (B, T', D).
         """
-        valid = self.check_inputs(input_features, waveform, attention_mask)
+        return self.encode(input_features, waveform, self.check_inputs(input_features, waveform, attention_mask))
+
+    def encode(self, input_features: torch.Tensor | None, waveform: torch.Tensor | None, valid: torch.Tensor) -> BaseModelOutput:
+        """`forward` on inputs `check_inputs` has passed, with its `valid`: (B, T) bool real mel frames."""
         frames = valid.shape[1]
         branches = []
         if self.spectrogram is not None:
@@ -1573,12 +1576,15 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
             cache, encoder_last_hidden_state (B, T', D).
         """
         if encoder_outputs is None:
-            encoder_outputs = self.encoder(input_features, waveform, attention_mask)
-        audio = encoder_outputs[0]
-        if attention_mask is None:
-            valid = torch.ones(audio.shape[:2], dtype=torch.bool, device=audio.device)
+            valid = self.encoder.check_inputs(input_features, waveform, attention_mask)  # (B, T)
+            encoder_outputs = self.encoder.encode(input_features, waveform, valid)
+        else:  # precomputed, as `generate` passes them: the mask, if any, is the one `check_inputs` returned
+            valid = None if attention_mask is None else attention_mask.bool()
+        audio = encoder_outputs[0]  # (B, T', D)
+        if valid is None:
+            valid = torch.ones(audio.shape[:2], dtype=torch.bool, device=audio.device)  # (B, T')
         else:
-            valid = self.encoder.output_valid(attention_mask.bool())
+            valid = self.encoder.output_valid(valid)  # (B, T')
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("forward needs `decoder_input_ids` or `labels`")
@@ -1659,7 +1665,7 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
             (B, S) token ids starting with decoder_start_token_id (for the default, non-dict output).
         """
         valid = self.encoder.check_inputs(input_features, waveform, attention_mask)  # (B, T), all True without a mask
-        encoder_outputs = self.encoder(input_features, waveform, valid)
+        encoder_outputs = self.encoder.encode(input_features, waveform, valid)
         limits = duration_token_limits(valid.sum(1), self.config)
         if not {"max_length", "max_new_tokens", "generation_config"} & kwargs.keys():
             kwargs["max_length"] = int(limits.max()) + 1  # the decoder start token, then at most the longest limit
