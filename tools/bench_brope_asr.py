@@ -6,7 +6,8 @@ the machine that ran them even where the absolute numbers do not carry over. The
 1. Training step (forward, backward, AdamW) on a batch of 3-s clips at the small and base presets,
    against a random-init `WhisperForConditionalGeneration` of the same size [2] on its 30-s input,
    against a Whisper whose `max_source_positions` is cut to the clips' length, and ours on the same
-   30-s input; all options on (betweenness, blended attention, both inputs) against options off.
+   30-s input; all options on (betweenness, blended attention, both inputs) against options off,
+   and each option alone against off.
 2. `generate`: greedy and beam-4 latency against Whisper's `generate`; cached against uncached.
 3. `log_mel_spectrogram` against `WhisperFeatureExtractor`'s numpy and torch paths, one clip at a
    time and as a batch, with the largest absolute difference of the features.
@@ -94,7 +95,12 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second, ours
 CLIP_SECONDS = 3  # a short utterance: 300 mel frames, 150 encoder positions after stride 2
 WHISPER_SECONDS = 30  # Whisper's encoder takes exactly 30-s windows: 3000 frames, 1500 positions [2]
 LABEL_TOKENS = 20  # transcript length of a training example, eos included
-ALL_OPTIONS = dict(use_betweenness=True, blend_attention=True, input_mode="both")
+OPTIONS = {  # the options of row 1's "all options on", each also timed alone to show where their cost goes
+    "input both": dict(input_mode="both"),
+    "bRoPE": dict(use_betweenness=True),
+    "blended attention": dict(blend_attention=True),
+}
+ALL_OPTIONS = {flag: value for option in OPTIONS.values() for flag, value in option.items()}
 ROPE_HEADS, ROPE_HEAD_DIM = 4, 128  # (B=1, H=4, S, Dh=128) queries and keys for the bRoPE-vs-RoPE row
 MIN_SAMPLE_S = 0.05  # faster calls repeat inside one timed sample, as timeit does, so timer resolution is moot
 SAMPLES_BUDGET_S = 40.0  # a slow call (a 30-s Whisper step) gets fewer samples: as many as fit in this, >= 1
@@ -462,6 +468,7 @@ def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
             "ours 30 s": ours_model(preset, {}, long_clips, labels, runner),
             "Whisper 30 s": whisper_model(config, WHISPER_SECONDS, clips, labels, runner),
             "Whisper 3 s": whisper_model(config, CLIP_SECONDS, clips, labels, runner),
+            **{name: ours_model(preset, option, clips, labels, runner) for name, option in OPTIONS.items()},
         }
         flops = model_flops(*built["off"], runner)
         step = {name: training_step(model, inputs, runner) for name, (model, inputs) in built.items()}
@@ -471,6 +478,7 @@ def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
             ("ours vs Whisper cut to 3 s (150 positions)", "off", "Whisper 3 s", 1.0),
             ("ours vs Whisper, both on 30-s input", "ours 30 s", "Whisper 30 s", 1.0),
             ("all options on vs off (3 s; ≥ 0.85 = at most 18% cost)", "on", "off", 0.85),
+            *((f"{name} alone vs off (3 s)", name, "off", None) for name in OPTIONS),
         ]
         times = {}  # each step's time in its latest pair
         for what, ours, anchor, target in comparisons:
