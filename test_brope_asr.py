@@ -2613,6 +2613,20 @@ def test_default_source_repeats_name_sources_of_the_shipped_training_split_and_a
     assert len(named) == 60 and named.repeats == {"real": 2}
 
 
+def test_default_augmentation_is_vtlp_on_the_other_engines_rows_and_named_sources_must_exist():
+    shipped = {row["source"] for row in read_metadata() if row["split"] == "train"}
+    assert set(train_hf.DEFAULT_AUGMENT_SOURCES) <= shipped  # a misspelt default would vary nothing
+    train = datasets.Dataset.from_list([{"source": source} for source in ("espeak-ng", "mbrola", "fsdd")])
+    plan = lambda *flags, split=train: train_hf.augmentation_plan(train_hf.parse_args(list(flags)), split)
+    assert plan() == (("vtlp",), ("mbrola",))  # the default, on the default's sources this split has
+    assert plan(split=datasets.Dataset.from_list([{"source": "real"}])) == ((), ())  # none of them: nothing varied
+    assert plan("--augment", "gain,vtlp") == (("gain", "vtlp"), ())  # named augmentations vary every source
+    assert plan("--augment", "none") == plan("--no-augment") == ((), ())
+    assert plan("--augment-sources", "fsdd") == (("vtlp",), ("fsdd",))
+    with pytest.raises(ValueError, match="does not have: mbrolla .*it has: espeak-ng, fsdd, mbrola"):
+        plan("--augment", "vtlp", "--augment-sources", "mbrolla")
+
+
 def test_a_plan_states_the_duration_of_the_example_the_collator_builds():
     torch.manual_seed(0)
     words = [0.1 * torch.randn(int(SAMPLE_RATE * seconds)) for seconds in (0.3, 0.45, 0.5)]

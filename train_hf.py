@@ -67,6 +67,9 @@ RESCORING_BEAMS = 8  # decoding's beam width when CTC rescores it: 8 hypotheses 
 # its other engines' utterances (27%), which are then 35% of an epoch's draws instead of 21% (README, "The other engines
 # twice an epoch")
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2, "mbrola": 2, "pico": 2}
+# With no --augment, vocal-tract-length perturbation varies the other engines' clips only, the narrowest part of the data
+# (their seven voices are 35% of an epoch); chosen on validation by a rule written first (README, "VTLP on the other engines")
+DEFAULT_AUGMENTATIONS, DEFAULT_AUGMENT_SOURCES = ("vtlp",), ("mbrola", "pico")
 TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
 
@@ -1237,6 +1240,24 @@ def parse_augmentations(spec: str) -> tuple[str, ...]:
     return names
 
 
+def augmentation_plan(args: argparse.Namespace, train: Dataset | IterableDataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(augmentations, the sources whose training rows they vary, () for all) from --augment and --augment-sources.
+
+    With no --augment, DEFAULT_AUGMENTATIONS on the rows of DEFAULT_AUGMENT_SOURCES the training split has (a corpus
+    without them, or a stream, whose sources are not known in advance, gets none). --augment-sources naming a source
+    the training split lacks is an error, as a misspelt name would vary nothing.
+    """
+    sources = set() if isinstance(train, IterableDataset) else set(train.unique("source"))
+    missing = set(args.augment_sources) - sources
+    if missing and not isinstance(train, IterableDataset):
+        raise ValueError(f"--augment-sources names sources the training split does not have: "
+                         f"{', '.join(sorted(missing))} (it has: {', '.join(sorted(sources))})")
+    if args.augment is not None or args.augment_sources:
+        return parse_augmentations(args.augment or ",".join(DEFAULT_AUGMENTATIONS)), args.augment_sources
+    present = tuple(source for source in DEFAULT_AUGMENT_SOURCES if source in sources)
+    return (DEFAULT_AUGMENTATIONS, present) if present else ((), ())
+
+
 def parse_repeats(spec: str) -> dict[str, int]:
     """"fsdd=2,espeak-ng=1" -> {"fsdd": 2, "espeak-ng": 1}; "" -> {}."""
     repeats = {}
@@ -1292,12 +1313,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--on-bad-audio", choices=("skip", "error"), default="skip", help="skip bad rows with a warning, or stop listing them")
     data.add_argument("--audio-cache-mb", type=float, default=1024,
                       help="decoded clips kept in memory up to this size; the rest are decoded again when next used")
-    data.add_argument("--augment", default="none", help=f"comma-separated augmentations from {','.join(AUGMENTATIONS)}, or all, or none")
+    data.add_argument("--augment", help=f"comma-separated augmentations from {','.join(AUGMENTATIONS)}, or all, or none; "
+                      f"default: {','.join(DEFAULT_AUGMENTATIONS)} on the rows of {','.join(DEFAULT_AUGMENT_SOURCES)} (those a corpus has)")
     data.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     data.add_argument("--join-probability", type=float, default=0.6, help="chance that a one-word training clip becomes a string of its speaker's words")
     data.add_argument("--augment-probability", type=float, default=1.0, help="share of training examples augmented (the rest stay clean)")
     data.add_argument("--augment-sources", type=lambda spec: tuple(s for s in spec.split(",") if s), default=(),
-                      help="comma-separated sources whose training rows are augmented (e.g. fsdd); default: all")
+                      help="comma-separated sources whose training rows are augmented (e.g. fsdd); default: all (with --augment)")
     data.add_argument("--streaming", action="store_true",
                       help="read the training split as a stream (shuffled in a buffer, sharded among processes); needs --max-steps")
     data.add_argument("--shuffle-buffer", type=int, default=1000, help="with --streaming: rows in the shuffle buffer")
@@ -1449,7 +1471,7 @@ def training_arguments(args: argparse.Namespace, max_label: int) -> Seq2SeqTrain
 
 
 def print_setup(model, config: BRoPEASRConfig, tokenizer, prepared: dict, args: argparse.Namespace, augmentations: tuple[str, ...],
-                pools: dict, planner: "PlannedBatches | None"):
+                augment_sources: tuple[str, ...], pools: dict, planner: "PlannedBatches | None"):
     """What the run trains: the initialization report, clip counts, the switches and the data recipe."""
     model.initialization_report()
     counts = ", ".join(f"{key} {'streamed' if isinstance(split, IterableDataset) else len(split)}" for key, split in prepared.items())
@@ -1458,7 +1480,9 @@ def print_setup(model, config: BRoPEASRConfig, tokenizer, prepared: dict, args: 
           + (f" ({config.ctc_outputs_per_frame} per frame)" if config.ctc_weight > 0 else ""))
     if args.streaming and args.join_probability > 0:
         print("--streaming: words are not joined (the speakers' word pools need the whole training split)")
-    print(f"augmentations: {', '.join(augmentations) or 'none'}; words joined from {len(pools)} speakers "
+    print(f"augmentations: {', '.join(augmentations) or 'none'}"
+          + (f" (rows of {', '.join(augment_sources)})" if augmentations and augment_sources else "")
+          + f"; words joined from {len(pools)} speakers "
           f"(probability {args.join_probability}); non-speech share {args.non_speech}; "
           f"at most {config.max_tokens_per_second} tokens per second of audio"
           + (f"; repeated each epoch: {', '.join(f'{k} x{v}' for k, v in planner.repeats.items())}" if planner and planner.repeats else ""))
@@ -1551,14 +1575,14 @@ def main(argv=None) -> dict:
     config = make_config(args, tokenizer)
     if args.num_beams is None:
         args.num_beams = RESCORING_BEAMS if config.rescores_with_ctc else 1
-    augmentations = parse_augmentations(args.augment)
+    augmentations, augment_sources = augmentation_plan(args, splits["train"])
     skip_bad = args.on_bad_audio == "skip"
     prepared, stream_skipped, max_label = prepare_splits(args, splits, tokenizer, config, augmentations, skip_bad)
     pools = word_pools(prepared["train"]) if args.join_probability > 0 and not args.streaming else {}
     reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad)
     collator = Collator(
         config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability,
-        reader=reader, augment_sources=args.augment_sources,
+        reader=reader, augment_sources=augment_sources,
     )
     planner = plan_batches(args, prepared["train"], pools, tokenizer)
 
@@ -1581,7 +1605,7 @@ def main(argv=None) -> dict:
         ema_decay=args.ema_decay,
     )
     if trainer.is_world_process_zero():
-        print_setup(model, config, tokenizer, prepared, args, augmentations, pools, planner)
+        print_setup(model, config, tokenizer, prepared, args, augmentations, augment_sources, pools, planner)
     started = time.time()
     trainer.train(resume_from_checkpoint=args.resume or None)
     elapsed = time.time() - started

@@ -1,13 +1,19 @@
 #!/bin/bash
-# The new default (conv_frames, no dropout in the small preset, 2,300 steps), data to test, seeds 0-2;
-# after each run its saved model scores the diagnostic RHVoice set (an engine in no split;
-# runs/synth/logs/make_rhvoice_set.py makes it).
+# The default run of the checkout this runs from, data to test, for each seed given; after each run its saved model
+# scores the diagnostic RHVoice set (runs/synth/logs/make_rhvoice_set.py). Run it from a worktree of the code: logs
+# (final_NAME_sSEED.log, rhvoice_final_NAME.txt) and models (runs/speed/final_NAME_sSEED) go to /work/main.
+# Usage: runs/speed/logs/final.sh NAME SEED...
+# What ran:
+#   final.sh rep 0 1 2 3 4    (the other engines twice an epoch; as final_rep.sh)
+#   final.sh vtlp 0 1 2 3 4   (and VTLP on their clips)
 cd "$(dirname "$0")/../../.."
-for seed in 0 1 2; do
-  log=runs/speed/logs/final_s${seed}.log
+name=$1; shift
+logs=/work/main/runs/speed/logs
+for seed in "$@"; do
+  log=$logs/final_${name}_s${seed}.log
   grep -q "test WER" $log 2>/dev/null && continue
   start=$(date +%s)
-  python train_hf.py --seed $seed --output-dir runs/speed/final_s${seed} > $log 2>&1
+  python train_hf.py --seed $seed --output-dir /work/main/runs/speed/final_${name}_s${seed} > $log 2>&1
   echo "WALL $(( $(date +%s) - start )) s" >> $log
-  python runs/synth/logs/score.py 2 /tmp/rhvoice_set test runs/speed/final_s${seed} 2>/dev/null >> runs/speed/logs/rhvoice.txt
+  python runs/synth/logs/score.py 2 /tmp/rhvoice_set test /work/main/runs/speed/final_${name}_s${seed} 2>/dev/null >> $logs/rhvoice_final_${name}.txt
 done
