@@ -68,7 +68,7 @@ RESCORING_BEAMS = 8  # decoding's beam width when CTC rescores it: 8 hypotheses 
 # twice an epoch")
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2, "mbrola": 2, "pico": 2}
 # With no --augment, vocal-tract-length perturbation varies the other engines' clips only, the narrowest part of the data
-# (their seven voices are 35% of an epoch); chosen on validation by a rule written first (README, "VTLP on the other engines")
+# (19 voices, against espeak-ng's 690); chosen on validation by a rule written first (README, "VTLP on the other engines")
 DEFAULT_AUGMENTATIONS, DEFAULT_AUGMENT_SOURCES = ("vtlp",), ("mbrola", "pico")
 TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
