@@ -1576,15 +1576,15 @@ class BRoPEASRForConditionalGeneration(PreTrainedModel, GenerationMixin):
             cache, encoder_last_hidden_state (B, T', D).
         """
         if encoder_outputs is None:
-            valid = self.encoder.check_inputs(input_features, waveform, attention_mask)  # (B, T)
-            encoder_outputs = self.encoder.encode(input_features, waveform, valid)
+            frames = self.encoder.check_inputs(input_features, waveform, attention_mask)  # (B, T) real mel frames
+            encoder_outputs = self.encoder.encode(input_features, waveform, frames)
         else:  # precomputed, as `generate` passes them: the mask, if any, is the one `check_inputs` returned
-            valid = None if attention_mask is None else attention_mask.bool()
+            frames = None if attention_mask is None else attention_mask.bool()
         audio = encoder_outputs[0]  # (B, T', D)
-        if valid is None:
+        if frames is None:
             valid = torch.ones(audio.shape[:2], dtype=torch.bool, device=audio.device)  # (B, T')
         else:
-            valid = self.encoder.output_valid(valid)  # (B, T')
+            valid = self.encoder.output_valid(frames)  # (B, T')
         if decoder_input_ids is None:
             if labels is None:
                 raise ValueError("forward needs `decoder_input_ids` or `labels`")

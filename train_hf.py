@@ -1248,14 +1248,20 @@ def augmentation_plan(args: argparse.Namespace, train: Dataset | IterableDataset
     the training split lacks is an error, as a misspelt name would vary nothing.
     """
     sources = set() if isinstance(train, IterableDataset) else set(train.unique("source"))
-    missing = set(args.augment_sources) - sources
-    if missing and not isinstance(train, IterableDataset):
-        raise ValueError(f"--augment-sources names sources the training split does not have: "
-                         f"{', '.join(sorted(missing))} (it has: {', '.join(sorted(sources))})")
+    if not isinstance(train, IterableDataset):
+        require_sources("--augment-sources", args.augment_sources, sources)
     if args.augment is not None or args.augment_sources:
         return parse_augmentations(args.augment or ",".join(DEFAULT_AUGMENTATIONS)), args.augment_sources
     present = tuple(source for source in DEFAULT_AUGMENT_SOURCES if source in sources)
     return (DEFAULT_AUGMENTATIONS, present) if present else ((), ())
+
+
+def require_sources(flag: str, named, sources: set[str]) -> None:
+    """Raise `ValueError` if `flag` names sources the training split lacks: a misspelt name would silently do nothing."""
+    missing = set(named) - sources
+    if missing:
+        raise ValueError(f"{flag} names sources the training split does not have: "
+                         f"{', '.join(sorted(missing))} (it has: {', '.join(sorted(sources))})")
 
 
 def parse_repeats(spec: str) -> dict[str, int]:
@@ -1557,10 +1563,8 @@ def plan_batches(args: argparse.Namespace, train: Dataset | IterableDataset, poo
     rows = train.select_columns(["source", "speaker", "text", "labels", "seconds"]).to_list()
     repeats = DEFAULT_SOURCE_REPEATS if args.source_repeats is None else args.source_repeats
     sources = {row["source"] for row in rows}
-    missing = set(repeats) - sources
-    if args.source_repeats is not None and missing:  # the default applies to the sources a corpus has
-        raise ValueError(f"--source-repeats names sources the training split does not have: "
-                         f"{', '.join(sorted(missing))} (it has: {', '.join(sorted(sources))})")
+    if args.source_repeats is not None:  # the default applies to the sources a corpus has
+        require_sources("--source-repeats", repeats, sources)
     return PlannedBatches(rows, pools, tokenizer, args.join_probability, args.non_speech, args.batch_size, args.sorted_batches,
                           args.seed, {source: n for source, n in repeats.items() if source in sources})
 
