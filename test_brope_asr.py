@@ -2613,12 +2613,12 @@ def test_default_source_repeats_name_sources_of_the_shipped_training_split_and_a
     assert len(named) == 60 and named.repeats == {"real": 2}
 
 
-def test_default_augmentation_is_vtlp_on_the_other_engines_rows_and_named_sources_must_exist():
+def test_default_augmentation_is_vtlp_on_the_synthetic_rows_and_named_sources_must_exist():
     shipped = {row["source"] for row in read_metadata() if row["split"] == "train"}
     assert set(train_hf.DEFAULT_AUGMENT_SOURCES) <= shipped  # a misspelt default would vary nothing
     train = datasets.Dataset.from_list([{"source": source} for source in ("espeak-ng", "mbrola", "fsdd")])
     plan = lambda *flags, split=train: train_hf.augmentation_plan(train_hf.parse_args(list(flags)), split)
-    assert plan() == (("vtlp",), ("mbrola",))  # the default, on the default's sources this split has
+    assert plan() == (("vtlp",), ("espeak-ng", "mbrola"))  # the default, on the default's sources this split has
     assert plan(split=datasets.Dataset.from_list([{"source": "real"}])) == ((), ())  # none of them: nothing varied
     assert plan("--augment", "gain,vtlp") == (("gain", "vtlp"), ())  # named augmentations vary every source
     assert plan("--augment", "none") == plan("--no-augment") == ((), ())

@@ -67,9 +67,9 @@ RESCORING_BEAMS = 8  # decoding's beam width when CTC rescores it: 8 hypotheses 
 # its other engines' utterances (27%), which are then 35% of an epoch's draws instead of 21% (README, "The other engines
 # twice an epoch")
 DEFAULT_SOURCE_REPEATS = {"fsdd": 2, "mbrola": 2, "pico": 2}
-# With no --augment, vocal-tract-length perturbation varies the other engines' clips only, the narrowest part of the data
-# (19 voices, against espeak-ng's 690); chosen on validation by a rule written first (README, "VTLP on the other engines")
-DEFAULT_AUGMENTATIONS, DEFAULT_AUGMENT_SOURCES = ("vtlp",), ("mbrola", "pico")
+# With no --augment, vocal-tract-length perturbation varies every synthetic clip (espeak-ng, MBROLA, Pico), not the real
+# people's; chosen on validation by rules written first (README, "VTLP on the synthetic sources")
+DEFAULT_AUGMENTATIONS, DEFAULT_AUGMENT_SOURCES = ("vtlp",), ("espeak-ng", "mbrola", "pico")
 TRAINING_WEIGHTS = "training_weights.pt"  # with --ema-decay, a checkpoint's own weights beside its averaged model
 TOKENIZER_ROWS = 10_000  # with --streaming, the tokenizer is built from this many first training transcripts
 
