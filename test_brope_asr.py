@@ -2787,6 +2787,23 @@ def test_collator_leaves_training_rows_clean_at_augment_probability_zero():
     assert not torch.equal(varied["input_features"][:, :, :10], expected["input_features"][:, :, :10])
 
 
+def test_vtlp_warps_by_a_factor_from_the_range_given_and_a_bad_range_is_refused():
+    config = tiny_config()
+    clips = random_clips(4000, 2500)
+    rows = [{"audio": in_memory(clip), "labels": [5, 2], "augment": True} for clip in clips]
+    clean = brope_asr.batch_inputs(clips, config)
+    for low, high in ((1.0, 1.0), (1.2, 1.2), (0.8, 0.8)):  # a range of one point: that warp exactly
+        batch = train_hf.Collator(config, augmentations=("vtlp",), vtlp_range=(low, high), generator=torch.Generator().manual_seed(0))(rows)
+        for row, length in enumerate(clean["attention_mask"].sum(1).tolist()):
+            expected = train_hf.warp_frequencies(clean["input_features"][row, :, :length], low)
+            torch.testing.assert_close(batch["input_features"][row, :, :length], expected, rtol=0, atol=0)
+    assert train_hf.parse_args(["--vtlp-range", "0.85,1.15"]).vtlp_range == (0.85, 1.15)
+    assert train_hf.parse_args([]).vtlp_range == train_hf.VTLP_RANGE == (0.9, 1.1)
+    for bad in ("1.1,0.9", "0,1", "0.9", "a,b"):
+        with pytest.raises(SystemExit):
+            train_hf.parse_args(["--vtlp-range", bad])
+
+
 def test_collator_augments_only_the_rows_of_augment_sources():
     config = tiny_config(input_mode="both")
     clips = random_clips(4000, 2500)

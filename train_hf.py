@@ -382,6 +382,7 @@ class ClipReader:
 # torch's global generator, which Trainer seeds), and keeps a clip's length, except the speed change.
 
 AUGMENTATIONS = ("speed", "vtlp", "reverb", "noise", "telephone", "gain", "specaugment")
+VTLP_RANGE = (0.9, 1.1)  # vocal tract length perturbation's warp factors [Jaitly & Hinton 2013]; --vtlp-range
 SPEEDS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)  # speed perturbation [Ko et al. 2015], wider and finer than Kaldi's 0.9/1.0/1.1
 NON_SPEECH_KINDS = ("silence", "white", "pink", "brown", "lowpass", "hum", "tones", "music", "dc", "clicks")
 NOISE_KINDS = ("white", "pink", "brown", "lowpass", "hum", "tones", "music", "clicks")  # backgrounds for "noise"
@@ -626,6 +627,7 @@ class Collator:
         generator: torch.Generator | None = None,
         reader: "ClipReader | None" = None,
         augment_sources: tuple[str, ...] = (),
+        vtlp_range: tuple[float, float] = VTLP_RANGE,
     ):
         unknown = set(augmentations) - set(AUGMENTATIONS)
         if unknown:
@@ -636,6 +638,7 @@ class Collator:
         self.word_pools = word_pools or {}
         self.join_probability, self.non_speech_probability = join_probability, non_speech_probability
         self.augment_probability, self.augment_sources = augment_probability, frozenset(augment_sources)
+        self.vtlp_range = vtlp_range
         self.generator = generator
         self.reader = reader or ClipReader()
         self.frames = Counter()  # training batches' mel frames: "real" and "padded" (the padding fraction)
@@ -677,7 +680,7 @@ class Collator:
         return clip
 
     def mask(self, inputs: dict[str, torch.Tensor], rows: list[int]):
-        """Vocal tract length perturbation (alpha in 0.9-1.1) and SpecAugment masks, in place on `rows` of a batch.
+        """Vocal tract length perturbation (alpha from U(vtlp_range)) and SpecAugment masks, in place on `rows` of a batch.
 
         SpecAugment: two time masks of up to 5% of each clip on every input, two frequency masks of
         up to 10 mel bins on the log-mel.
@@ -688,7 +691,7 @@ class Collator:
         for row in rows:
             length = lengths[row]
             if "vtlp" in self.augmentations and "input_features" in inputs:
-                inputs["input_features"][row, :, :length] = warp_frequencies(inputs["input_features"][row, :, :length], uniform(0.9, 1.1, g))
+                inputs["input_features"][row, :, :length] = warp_frequencies(inputs["input_features"][row, :, :length], uniform(*self.vtlp_range, g))
             if "specaugment" not in self.augmentations:
                 continue
             width = max(1, length // 20)
@@ -1240,6 +1243,17 @@ def parse_augmentations(spec: str) -> tuple[str, ...]:
     return names
 
 
+def parse_vtlp_range(spec: str) -> tuple[float, float]:
+    """--vtlp-range's "LOW,HIGH" -> (LOW, HIGH), with 0 < LOW <= HIGH (1 is no warp)."""
+    try:
+        low, high = (float(x) for x in spec.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{spec!r} is not two numbers LOW,HIGH (e.g. 0.9,1.1)") from None
+    if not 0 < low <= high:
+        raise argparse.ArgumentTypeError(f"{spec!r}: need 0 < LOW <= HIGH")
+    return low, high
+
+
 def augmentation_plan(args: argparse.Namespace, train: Dataset | IterableDataset) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(augmentations, the sources whose training rows they vary, () for all) from --augment and --augment-sources.
 
@@ -1324,6 +1338,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="same as --augment none")
     data.add_argument("--join-probability", type=float, default=0.6, help="chance that a one-word training clip becomes a string of its speaker's words")
     data.add_argument("--augment-probability", type=float, default=1.0, help="share of training examples augmented (the rest stay clean)")
+    data.add_argument("--vtlp-range", type=parse_vtlp_range, default=VTLP_RANGE, metavar="LOW,HIGH",
+                      help=f"vocal tract length perturbation's warp factor is drawn from U(LOW, HIGH); default: {VTLP_RANGE[0]},{VTLP_RANGE[1]}")
     data.add_argument("--augment-sources", type=lambda spec: tuple(s for s in spec.split(",") if s), default=(),
                       help="comma-separated sources whose training rows are augmented (e.g. fsdd); default: all (with --augment)")
     data.add_argument("--streaming", action="store_true",
@@ -1486,7 +1502,7 @@ def print_setup(model, config: BRoPEASRConfig, tokenizer, prepared: dict, args: 
           + (f" ({config.ctc_outputs_per_frame} per frame)" if config.ctc_weight > 0 else ""))
     if args.streaming and args.join_probability > 0:
         print("--streaming: words are not joined (the speakers' word pools need the whole training split)")
-    print(f"augmentations: {', '.join(augmentations) or 'none'}"
+    print(f"augmentations: {', '.join(a + (' %g-%g' % args.vtlp_range if a == 'vtlp' else '') for a in augmentations) or 'none'}"
           + (f" (rows of {', '.join(augment_sources)})" if augmentations and augment_sources else "")
           + f"; words joined from {len(pools)} speakers "
           f"(probability {args.join_probability}); non-speech share {args.non_speech}; "
@@ -1586,7 +1602,7 @@ def main(argv=None) -> dict:
     reader = ClipReader(0 if args.streaming else args.audio_cache_mb, skip_bad)
     collator = Collator(
         config, tokenizer, augmentations, pools, args.join_probability, args.non_speech, args.augment_probability,
-        reader=reader, augment_sources=augment_sources,
+        reader=reader, augment_sources=augment_sources, vtlp_range=args.vtlp_range,
     )
     planner = plan_batches(args, prepared["train"], pools, tokenizer)
 
