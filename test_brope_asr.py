@@ -2208,6 +2208,33 @@ def test_two_process_torchrun_trains_and_saves_a_loadable_model(tmp_path, input_
 
 
 @pytest.mark.slow
+def test_two_process_torchrun_streams_a_local_parquet_dataset_and_each_process_reads_its_own_rows(tmp_path):
+    _, rows = small_corpus(tmp_path / "corpus", train=16, validation=2, test=0)
+    path = local_dataset(tmp_path / "local", "parquet shards", rows)
+    launcher = tmp_path / "launch.py"  # train_hf as its command line runs, each process noting the training rows it reads
+    launcher.write_text(f"""import os, sys
+sys.path.insert(0, {str(REPO)!r})
+import train_hf
+collate = train_hf.Collator.__call__
+def noting(self, rows):
+    with open({str(tmp_path)!r} + f"/rows_{{os.environ['RANK']}}.txt", "a") as file:
+        file.writelines(row["name"] + "\\n" for row in rows if row.get("augment"))
+    return collate(self, rows)
+train_hf.Collator.__call__ = noting
+train_hf.run_as_script(sys.argv[1:])
+""")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
+               "--dataset", str(path), "--streaming", "--shuffle-buffer", "4", "--test-split", "", "--output-dir", str(tmp_path / "run"),
+               "--max-steps", "3", "--eval-steps", "3", "--batch-size", "2", "--num-beams", "1"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
+    read = [set((tmp_path / f"rows_{rank}.txt").read_text().split("\n")) - {""} for rank in (0, 1)]
+    assert read[0] and read[1] and not read[0] & read[1], read  # each process streams its own shards of the split
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
 def test_ablation_grid_trains_each_run_once_and_writes_its_table(tmp_path, monkeypatch):
     from tools import ablate
 

@@ -226,9 +226,10 @@ def load_splits(args) -> dict[str, Dataset]:
         if split.features and isinstance(split.features.get(audio_column), Audio):
             split = split.cast_column(audio_column, Audio(decode=False))  # decoded with soundfile, per batch
         extra = [column for column in ("source", "speaker") if column in columns]  # optional metadata
-        split = split.select_columns([audio_column, text_column, *extra]).rename_columns(
-            {audio_column: "audio", text_column: "text"}
-        )
+        split = split.select_columns([audio_column, text_column, *extra])
+        renames = {old: new for old, new in ((audio_column, "audio"), (text_column, "text")) if old != new}
+        if renames:  # a stream refuses to rename a column to its own name
+            split = split.rename_columns(renames)
         missing = {column: "" for column in ("source", "speaker") if column not in extra}
         if missing and isinstance(split, IterableDataset):
             split = split.map(lambda row: missing)
@@ -1647,15 +1648,22 @@ def main(argv=None) -> dict:
     return results
 
 
-if __name__ == "__main__":
+def run_as_script(argv=None) -> None:
+    """`main` as the command line runs it: a bad flag or input ends the process with its message, not a traceback.
+
+    A process launched by torchrun or accelerate ends with os._exit(0) once everything is saved and printed. Letting the
+    interpreter finalize frees tensors that gloo's threads still hold and aborts about 1 run in 36 on CPU ("terminate
+    called without an active exception", pytorch/pytorch#190489); destroy_process_group() first now and then hangs
+    instead (#75097). README, Several GPUs or processes.
+    """
     try:
-        main()
+        main(argv)
     except (ValueError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
     if torch.distributed.is_initialized():
-        # Everything is saved and printed. Under torchrun on CPU, letting the interpreter finalize frees tensors that
-        # gloo's threads still hold and aborts about 1 run in 36 ("terminate called without an active exception",
-        # pytorch/pytorch#190489); destroy_process_group() first now and then hangs instead (#75097). So a launched
-        # process skips finalization (README, Several GPUs or processes).
         sys.stdout.flush(), sys.stderr.flush()
         os._exit(0)
+
+
+if __name__ == "__main__":
+    run_as_script()
