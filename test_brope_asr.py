@@ -1970,7 +1970,7 @@ def local_dataset(folder: Path, layout: str, rows: list[dict]) -> Path:
         table.to_parquet(folder / "all.parquet")
         return folder / "all.parquet"
     (folder / "data").mkdir()
-    for split in ("train", "validation"):  # the hub's shard names, from which datasets finds the splits
+    for split in sorted({row["split"] for row in rows}):  # the hub's shard names, from which datasets finds the splits
         table.filter(lambda row: row["split"] == split).remove_columns("split").to_parquet(folder / "data" / f"{split}-00000-of-00001.parquet")
     return folder
 
@@ -2209,8 +2209,8 @@ def test_two_process_torchrun_trains_and_saves_a_loadable_model(tmp_path, input_
 
 @pytest.mark.slow
 def test_two_process_torchrun_streams_a_local_parquet_dataset_and_each_process_reads_its_own_rows(tmp_path):
-    _, rows = small_corpus(tmp_path / "corpus", train=16, validation=2, test=0)
-    path = local_dataset(tmp_path / "local", "parquet shards", rows)
+    _, rows = small_corpus(tmp_path / "corpus", train=16, validation=2, test=2)
+    path = local_dataset(tmp_path / "local", "parquet shards", rows)  # train, validation and test shards, as the hub's
     launcher = tmp_path / "launch.py"  # train_hf as its command line runs, each process noting the training rows it reads
     launcher.write_text(f"""import os, sys
 sys.path.insert(0, {str(REPO)!r})
@@ -2224,13 +2224,14 @@ train_hf.Collator.__call__ = noting
 train_hf.run_as_script(sys.argv[1:])
 """)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(launcher),
-               "--dataset", str(path), "--streaming", "--shuffle-buffer", "4", "--test-split", "", "--output-dir", str(tmp_path / "run"),
+               "--dataset", str(path), "--streaming", "--shuffle-buffer", "4", "--output-dir", str(tmp_path / "run"),
                "--max-steps", "3", "--eval-steps", "3", "--batch-size", "2", "--num-beams", "1"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
     read = [set((tmp_path / f"rows_{rank}.txt").read_text().split("\n")) - {""} for rank in (0, 1)]
     assert read[0] and read[1] and not read[0] & read[1], read  # each process streams its own shards of the split
+    assert result.stdout.strip().splitlines()[-1].startswith("test WER") and "on 2 clips" in result.stdout.strip().splitlines()[-1]
     assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
