@@ -423,9 +423,12 @@ class BetweennessShift(nn.Module):
         Returns:
             (B, 1, S) shift in tokens.
         """
+        return self.max_shift * torch.tanh(self.gate) * self.score(values, causal, valid)
+
+    def score(self, values: torch.Tensor, causal: bool, valid: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, S, Dh) values -> (B, 1, S) betweenness of every token in [0, 1], before the gate (args as `forward`)."""
         z = self.proj(values).transpose(1, 2).flatten(2)[:, None]  # (B, 1, S, H P)
-        score = betweenness_score(z, self.offset, causal, valid)
-        return self.max_shift * torch.tanh(self.gate) * score
+        return betweenness_score(z, self.offset, causal, valid)
 
 
 # ------------------------------------------------------------------------------------------- attention

@@ -20,6 +20,7 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import datasets.distributed
@@ -1772,6 +1773,7 @@ def test_train_hf_trains_saves_and_the_saved_model_transcribes(tmp_path):
         assert 1 <= float(row["log_temperature_value"]) <= 100 and 0 <= float(row["input_blend_logit_value"]) <= 1
         assert all(0 <= float(row[f"{kind}_consistency"]) <= 1 + 1e-6 for kind in train_hf.MIXES)
         assert float(row["other_step_size"]) > 0 and float(row["gate_step_size"]) > 0
+        assert all(0 <= float(row[f"score_{part}_mean"]) <= 1 for part in ("encoder", "decoder"))  # bRoPE's score, measured
     test_file = next(row["file_name"] for row in rows if row["split"] == "test")
     result = subprocess.run(
         [sys.executable, "brope_asr.py", "transcribe", "--model", str(output), test_file],
@@ -1819,6 +1821,50 @@ def test_learned_mixes_get_their_own_optimizer_group_without_weight_decay(tmp_pa
     assert mix_group["weight_decay"] == 0.0 and mix_group["lr"] == pytest.approx(1e-2)
     assert sum(len(group["params"]) for group in groups) == len(list(model.parameters()))
     assert any(group["weight_decay"] == 0.1 for group in groups)
+
+
+def test_mix_tracker_records_the_betweenness_score_of_each_windows_last_step_and_the_shift_spread_in_tokens():
+    torch.manual_seed(0)
+    config = tiny_config(use_betweenness=True)
+    model = BRoPEASRForConditionalGeneration(config).train()
+    inputs = {**audio_inputs(config, 4000, 3000), "labels": torch.tensor([[5, 6, 7, 8, 9, 2], [5, 6, 7, 2, -100, -100]])}
+    tracker = train_hf.MixTracker(every=2)
+    tracker.on_train_begin(None, None, None, model=model)
+    shifts = []  # what bRoPE's forward itself returns, the independent check below
+    spy = [m.register_forward_hook(lambda m, a, kw, out: shifts.append((kw["causal"], out.detach())), with_kwargs=True)
+           for m in model.modules() if isinstance(m, brope_asr.BetweennessShift)]
+
+    def run_window(first_step):
+        for step in (first_step, first_step + 1):
+            tracker.on_step_begin(None, SimpleNamespace(global_step=step), None)
+            assert bool(tracker.measuring) == (step == first_step + 1)  # only a window's last step is measured
+            shifts.clear()
+            model(**inputs).loss.backward()
+            tracker.on_step_end(None, SimpleNamespace(global_step=step + 1), None, model=model)
+        return tracker.rows[-1]
+
+    row = run_window(0)
+    assert row["step"] == 2 and len(tracker.rows) == 1 and tracker.scores == []
+    for part in ("encoder", "decoder"):
+        assert 0 < row[f"score_{part}_mean"] < 1 and 0 < row[f"score_{part}_spread"] < 0.5
+        assert row[f"shift_{part}_spread"] == 0.0  # the gate starts at 0: no shift at all
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, brope_asr.BetweennessShift):
+                module.gate.fill_(math.atanh(0.5))
+    row = run_window(2)
+    for part, causal in (("encoder", False), ("decoder", True)):
+        scores = [clip / (config.betweenness_max_shift * 0.5) for c, out in shifts if c == causal for clip in out[:, 0]]
+        assert row[f"score_{part}_mean"] == pytest.approx(torch.cat([s[s > 0] for s in scores]).mean().item(), rel=1e-5)
+        spreads = [s[s > 0].std(correction=0).item() for s in scores if (s > 0).sum() > 1]  # within each clip of each layer
+        assert row[f"score_{part}_spread"] == pytest.approx(statistics.mean(spreads), rel=1e-5)
+        assert row[f"shift_{part}_spread"] == pytest.approx(config.betweenness_max_shift * 0.5 * row[f"score_{part}_spread"], rel=1e-5)
+    tracker.on_train_end(None, None, None)
+    tracker.measuring = True
+    model(**inputs)
+    assert tracker.hooks == [] and tracker.scores == []  # no hook left behind
+    for hook in spy:
+        hook.remove()
 
 
 def test_a_planned_batch_weighs_its_training_loss_by_its_loss_scale(tmp_path):

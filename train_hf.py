@@ -49,6 +49,7 @@ from brope_asr import (
     BRoPEASRFeatureExtractor,
     BRoPEASRForConditionalGeneration,
     BRoPEASRProcessor,
+    BetweennessShift,
     audio_array,
     char_error_rate,
     load_audio,
@@ -1166,6 +1167,12 @@ class MixTracker(TrainerCallback):
     the same way; near 0: the pushes cancel, so Adam's updates, about the learning rate each, walk
     randomly); `step_size`, the mean |change| of the raw parameter per step. `other_step_size`: the
     same for every other weight, the yardstick.
+
+    With bRoPE, the betweenness score of the window's last training step (its real batch, every
+    layer), for the encoder and the decoder apart: `score_<part>_mean` over the tokens that have a
+    full triple, `score_<part>_spread`, its standard deviation within a clip (averaged over clips and
+    layers), and `shift_<part>_spread` = max_shift |tanh g| times that spread, in tokens. Only the
+    spread can move attention: a shift shared by every token of a clip cancels in q.k.
     """
 
     VALUES = {"gate": torch.tanh, "blend_logit": torch.sigmoid, "log_temperature": torch.exp, "input_blend_logit": torch.sigmoid}
@@ -1173,9 +1180,37 @@ class MixTracker(TrainerCallback):
     def __init__(self, every: int = 50):
         self.every, self.rows = every, []
         self.grad_sum, self.grad_abs, self.start = {}, {}, {}
+        self.measuring, self.scores, self.hooks = False, [], []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.snapshot(model)
+        self.hooks = [m.register_forward_hook(self.record_score, with_kwargs=True) for m in model.modules() if isinstance(m, BetweennessShift)]
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.measuring = bool(self.hooks) and (state.global_step + 1) % self.every == 0
+
+    def record_score(self, module: BetweennessShift, inputs: tuple, kwargs: dict, shift: torch.Tensor):
+        """Forward hook: the score's mean and within-clip spread over the tokens with a full triple (score > 0)."""
+        if not self.measuring:
+            return
+        with torch.no_grad():
+            score = module.score(inputs[0], kwargs["causal"], kwargs.get("valid"))[:, 0]  # (B, S)
+            full = score > 0  # d(a, c) >= eps, so only tokens without a full triple score exactly 0
+            count = full.sum(-1)  # (B,)
+            mean = (score * full).sum(-1) / count.clamp(min=1)
+            spread = (((score - mean[:, None]) * full).square().sum(-1) / count.clamp(min=1)).sqrt()  # (B,)
+            clips = count > 1
+            self.scores.append({
+                "part": "decoder" if kwargs["causal"] else "encoder",
+                "sum": (score * full).sum().item(), "count": full.sum().item(),
+                "spread": spread[clips].mean().item() if clips.any() else float("nan"),
+                "shift_scale": module.max_shift * torch.tanh(module.gate).abs().item(),
+            })
 
     def snapshot(self, model):
         self.start = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -1204,7 +1239,14 @@ class MixTracker(TrainerCallback):
             row[f"{kind}_step_size"] = torch.cat([moved[n].flatten() for n in names]).mean().item()
         others = [moved[name].flatten() for name in moved if name not in mixes]
         row["other_step_size"] = torch.cat(others).mean().item()
+        for part in ("encoder", "decoder"):
+            seen = [entry for entry in self.scores if entry["part"] == part]
+            if seen:
+                row[f"score_{part}_mean"] = sum(e["sum"] for e in seen) / max(sum(e["count"] for e in seen), 1)
+                row[f"score_{part}_spread"] = float(np.nanmean([e["spread"] for e in seen]))
+                row[f"shift_{part}_spread"] = float(np.nanmean([e["spread"] * e["shift_scale"] for e in seen]))
         self.rows.append(row)
+        self.scores, self.measuring = [], False
         self.snapshot(model)
 
     def save(self, path: Path):
@@ -1215,8 +1257,15 @@ class MixTracker(TrainerCallback):
         if plt is None:
             return
         kinds = [kind for kind in MIXES if f"{kind}_value" in columns]
-        figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+        parts = [part for part in ("encoder", "decoder") if f"score_{part}_mean" in columns]
+        figure, axes = plt.subplots(1, 3 + bool(parts), figsize=(14 + 5 * bool(parts), 4))
         steps = [row["step"] for row in self.rows]
+        for part in parts:
+            for name, style in (("score_{}_mean", "-"), ("score_{}_spread", "--"), ("shift_{}_spread", ":")):
+                column = name.format(part)
+                axes[3].plot(steps, [row.get(column, float("nan")) for row in self.rows], style, label=column)
+        if parts:
+            axes[3].set(xlabel="step", title="betweenness score: mean, spread within a clip; shift spread (tokens)")
         for kind in kinds:
             axes[0].plot(steps, [row[f"{kind}_value"] for row in self.rows], label=kind)
             axes[1].plot(steps, [row.get(f"{kind}_consistency", float("nan")) for row in self.rows], label=kind)
