@@ -1710,7 +1710,8 @@ def run_as_script(argv=None) -> None:
     except (ValueError, NonFiniteLossError) as error:
         sys.exit(f"error: {error}")
     if torch.distributed.is_initialized():
-        sys.stdout.flush(), sys.stderr.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
         os._exit(0)
 
 
