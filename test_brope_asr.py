@@ -247,6 +247,18 @@ def test_rope_scores_depend_only_on_relative_offset(delta):
     assert abs(score(2 * delta, origin) - at_origin) > 1e-2  # the score does depend on the offset
 
 
+def test_betweenness_gate_starts_at_its_configured_opening_and_a_gate_of_one_is_refused():
+    for opening in (0.0, 0.5, -0.25):
+        gates = [m.gate for m in tiny_model(use_betweenness=True, betweenness_gate_init=opening).modules()
+                 if isinstance(m, brope_asr.BetweennessShift)]
+        assert len(gates) == 2 and all(torch.tanh(g).item() == pytest.approx(opening, abs=1e-6) for g in gates)
+    for bad in (1.0, -1.5):
+        with pytest.raises(ValueError, match="betweenness_gate_init"):
+            tiny_config(use_betweenness=True, betweenness_gate_init=bad)
+    with pytest.raises(ValueError, match="betweenness_max_shift"):
+        tiny_config(use_betweenness=True, betweenness_max_shift=-1.0)
+
+
 @pytest.mark.parametrize("zeroed", ["gate", "max_shift"])
 def test_betweenness_without_shift_equals_plain_rope(zeroed):
     torch.manual_seed(0)
@@ -2522,6 +2534,7 @@ def test_model_flags_reach_the_config_and_unset_ones_keep_the_preset():
         "--downsampling-factor": ("2", 2), "--dropout": ("0.2", 0.2), "--label-smoothing": ("0.1", 0.1),
         "--encoder-layers": ("5", 5), "--decoder-layers": ("1", 1), "--no-absolute-positions": (None, False),
         "--no-normalize-features": (None, False), "--spectrogram-floor-db": ("60", 60.0), "--spectrogram-max-hz": ("3000", 3000.0),
+        "--betweenness-max-shift": ("8", 8.0), "--betweenness-gate-init": ("0.5", 0.5),
     }
     argv = [part for flag, (value, _) in flags.items() for part in (flag, value) if part is not None]
     config = train_hf.make_config(train_hf.parse_args(argv), tokenizer)

@@ -1347,6 +1347,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--preset", choices=("small", "base"), default="small", help="model size")
     model.add_argument("--input-mode", choices=("spectrogram", "waveform", "both"), default="spectrogram")
     model.add_argument("--betweenness", action=argparse.BooleanOptionalAction, default=False, help="bRoPE position shifts")
+    model.add_argument("--betweenness-max-shift", type=float, help="bRoPE's bound on a position shift, in tokens (preset: 2)")
+    model.add_argument("--betweenness-gate-init", type=float,
+                       help="bRoPE's tanh(gate) at the start, in (-1, 1) (preset: 0, which starts as plain RoPE)")
     model.add_argument("--blend-attention", action=argparse.BooleanOptionalAction, default=False, help="dot/cosine blend")
     model.add_argument("--ctc-weight", type=float, help="weight of the auxiliary CTC loss (0 = off; default: the preset's)")
     model.add_argument("--ctc-rescoring-weight", type=float,
@@ -1479,6 +1482,8 @@ PRESET_FLAGS = {
     "normalize_variance": "normalize_feature_variance",
     "spectrogram_floor_db": "spectrogram_floor_db",
     "spectrogram_max_hz": "spectrogram_max_hz",
+    "betweenness_max_shift": "betweenness_max_shift",
+    "betweenness_gate_init": "betweenness_gate_init",
 }
 ZERO_IS_NONE = ("spectrogram_floor_db", "spectrogram_max_hz")  # 0 on the command line: the field's None (80 dB, all bins)
 
