@@ -2381,6 +2381,12 @@ def test_long_string_scores_are_the_wer_of_whole_clip_decodes_overall_and_by_len
             assert f"long_wer_{low}_{high}" not in scores
     (row,) = ablate.main(["--long", str(long_dir), "--score-long", str(run)])  # trains nothing
     assert row == {"run": str(run), **scores}
+    greedy = brope_asr.transcribe(model, tokenizer, waveforms, num_beams=1)
+    beams, generate = [], BRoPEASRForConditionalGeneration.generate
+    spy = lambda self, *a, **kw: beams.append(kw.get("num_beams")) or generate(self, *a, **kw)  # noqa: E731
+    monkeypatch.setattr(BRoPEASRForConditionalGeneration, "generate", spy)
+    (row,) = ablate.main(["--long", str(long_dir), "--score-long", str(run), "--num-beams", "1"])
+    assert row["long_wer"] == pytest.approx(brope_asr.word_error_rate(greedy, references)) and beams and set(beams) == {1}
     with pytest.raises(ValueError, match="--long"):
         ablate.main(["--score-long", str(run)])
 

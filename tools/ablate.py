@@ -104,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
                         help="also score every run on this length-generalization set (python -m tools.make_corpus --long N --out DIR)")
     parser.add_argument("--score-long", type=Path, nargs="+", metavar="RUN_DIR",
                         help="train nothing: print the --long set's WER by length of these saved runs")
+    parser.add_argument("--num-beams", type=int, metavar="N",
+                        help="with --score-long: decode with this beam (1: greedy) instead of each run's saved one")
     args = parser.parse_args(own)
     args.seeds = args.seeds if args.seeds is not None else 1 if args.quick else 3
     args.max_steps = args.max_steps if args.max_steps is not None else QUICK_STEPS if args.quick else DEFAULT_STEPS
@@ -147,12 +149,13 @@ def run_arguments(cell: Cell, seed: int, max_steps: int, extra: list[str]) -> li
     ] + extra
 
 
-def long_string_wers(run_dir: Path, long_dir: Path, batch_size: int = 16) -> dict[str, float]:
+def long_string_wers(run_dir: Path, long_dir: Path, batch_size: int = 16, num_beams: int | None = None) -> dict[str, float]:
     """WER of a saved run on strings longer than any in training, each string decoded whole (one window).
 
     `long_dir` is made by `python -m tools.make_corpus --long N --out DIR` (test-split voices, 8-20
     digits; training strings have 1-7). Decoding is `generate` on the whole clip, not `transcribe`,
-    which would cut a clip longer than its window at pauses and so hide what positions do at length.
+    which would cut a clip longer than its window at pauses and so hide what positions do at length;
+    `num_beams` (1: greedy) overrides the run's saved beam.
 
     Returns:
         {"long_wer": over every string, "long_wer_8_10" / "long_cer_8_10": over the strings of 8-10 digits, ...}
@@ -167,7 +170,8 @@ def long_string_wers(run_dir: Path, long_dir: Path, batch_size: int = 16) -> dic
     with torch.no_grad():
         for first in range(0, len(rows), batch_size):
             clips = [load_audio(long_dir / row["file_name"]) for row in rows[first : first + batch_size]]
-            ids = model.generate(**features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt"))
+            beams = {} if num_beams is None else {"num_beams": num_beams}
+            ids = model.generate(**features(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt"), **beams)
             hypotheses += tokenizer.batch_decode(ids, skip_special_tokens=True)
     references = [row["transcription"] for row in rows]
     buckets = [next((f"{low}_{high}" for low, high in LONG_BUCKETS if low <= len(text.split()) <= high), "") for text in references]
@@ -441,7 +445,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise ValueError("--score-long needs --long DIR, the set to score")
         rows = []
         for run_dir in args.score_long:
-            scores = long_string_wers(run_dir, args.long)
+            scores = long_string_wers(run_dir, args.long, num_beams=args.num_beams)
             rows.append({"run": str(run_dir), **scores})
             print(f"{run_dir}: " + ", ".join(f"{key} {100 * value:.2f}%" for key, value in scores.items()), flush=True)
         return rows
