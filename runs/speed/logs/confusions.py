@@ -1,6 +1,10 @@
+"""Most frequent word errors of saved runs on the RHVoice set (`runs/synth/logs/make_rhvoice_set.py /tmp/rhvoice_set`).
+
+Usage: python runs/speed/logs/confusions.py RUN_DIR... (from the repository root; a one-off kept as run)
+"""
 import csv, sys, torch, collections
 from pathlib import Path
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from transformers import PreTrainedTokenizerFast
 from brope_asr import BRoPEASRForConditionalGeneration, load_audio, transcribe, word_error_rate
 torch.set_num_threads(2)
