@@ -1,6 +1,7 @@
 """The engaged-bRoPE measurement against the plain default, per seed and paired (brope_engaged_rule.md).
 
-Usage: python runs/speed/logs/brope_engaged_summary.py (from the repository root, once every run has its logs)
+Usage: python runs/speed/logs/brope_engaged_summary.py (from the repository root, once every run has its logs). The gates per
+layer are read from the saved models, runs/speed/brope_engaged_s*/, which git does not keep; the rest from the logs here.
 """
 import csv, math, re, statistics, sys
 from pathlib import Path
@@ -44,7 +45,7 @@ for seed in range(5):
     gates = {n: torch.tanh(p).item() for n, p in model.named_parameters() if n.endswith(".gate")}
     enc = [g for n, g in gates.items() if n.startswith("encoder")]
     dec = [g for n, g in gates.items() if n.startswith("decoder")]
-    with open(f"runs/speed/brope_engaged_s{seed}/mixes.csv") as f:
+    with open(logs / f"brope_engaged_s{seed}_mixes.csv") as f:
         last = list(csv.DictReader(f))[-1]
     p, e = f"final_vtlp_all_s{seed}", f"brope_engaged_s{seed}"
     rows.append(f"| {seed} | {v0:.2f} / {v1:.2f}% | {rh_plain[f'vtlp_synth_s{seed}']:.2f} / {rh_engaged[e]:.2f}% | "
