@@ -1265,7 +1265,7 @@ class MixTracker(TrainerCallback):
                 column = name.format(part)
                 axes[3].plot(steps, [row.get(column, float("nan")) for row in self.rows], style, label=column)
         if parts:
-            axes[3].set(xlabel="step", title="betweenness score: mean, spread within a clip; shift spread (tokens)")
+            axes[3].set(xlabel="step", title="betweenness score; shift spread (tokens)")
         for kind in kinds:
             axes[0].plot(steps, [row[f"{kind}_value"] for row in self.rows], label=kind)
             axes[1].plot(steps, [row.get(f"{kind}_consistency", float("nan")) for row in self.rows], label=kind)
