@@ -2808,6 +2808,32 @@ def test_vocal_tract_warp_is_identity_at_one_and_moves_a_formant_by_alpha():
         assert abs(float(peak(warped)) - 1500.0 * alpha) < 0.06 * 1500.0
 
 
+def test_narrow_band_floors_the_bins_above_4_khz_keeps_the_rest_and_is_identity_at_the_full_band():
+    features = brope_asr.log_mel_spectrogram(0.3 * (sine(1000.0, SAMPLE_RATE, 8000) + sine(6000.0, SAMPLE_RATE, 8000)).float())
+    out = train_hf.narrow_band(features)
+    kept = brope_asr.mel_bins_below(80, 4000.0)
+    assert out.shape == features.shape and bool(torch.isfinite(out).all()) and kept == 62
+    assert torch.equal(out[:kept], features[:kept])
+    assert features[kept:].amax() > features.amax() - 0.5  # the 6 kHz tone was there ...
+    torch.testing.assert_close(out[kept:], torch.full_like(out[kept:], float(features.amax()) - 2.0))  # ... and is at the floor
+    assert torch.equal(train_hf.narrow_band(features, SAMPLE_RATE / 2), features)
+
+
+def test_collator_narrows_the_band_of_about_half_the_rows_and_leaves_the_others_clean():
+    config = tiny_config()
+    clips = random_clips(*[3000 + 100 * i for i in range(24)])
+    rows = [{"audio": in_memory(clip), "labels": [5, 2], "augment": True} for clip in clips]
+    clean = brope_asr.batch_inputs(clips, config)
+    batch = train_hf.Collator(config, augmentations=("narrowband",), generator=torch.Generator().manual_seed(0))(rows)
+    narrowed = 0
+    for row, length in enumerate(clean["attention_mask"].sum(1).tolist()):
+        features, got = clean["input_features"][row, :, :length], batch["input_features"][row, :, :length]
+        narrowed += not torch.equal(got, features)
+        assert torch.equal(got, features) or torch.equal(got, train_hf.narrow_band(features))
+        assert torch.equal(batch["input_features"][row, :, length:], clean["input_features"][row, :, length:])  # padding stays 0
+    assert 6 <= narrowed <= 18
+
+
 @pytest.mark.parametrize("kind", train_hf.NON_SPEECH_KINDS)
 def test_non_speech_clips_have_the_asked_length_finite_level_and_a_seed(kind):
     clip = train_hf.non_speech(12345, kind, torch.Generator().manual_seed(0))

@@ -44,6 +44,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from brope_asr import (
     HOP_LENGTH,
+    LOG_MEL_FLOOR_DB,
     SAMPLE_RATE,
     BRoPEASRConfig,
     BRoPEASRFeatureExtractor,
@@ -53,6 +54,7 @@ from brope_asr import (
     audio_array,
     char_error_rate,
     load_audio,
+    mel_bins_below,
     mel_centers,
     open_audio,
     resample,
@@ -384,8 +386,9 @@ class ClipReader:
 # SNR inf, the full band, gain 0 dB), takes its randomness from an optional torch.Generator (None =
 # torch's global generator, which Trainer seeds), and keeps a clip's length, except the speed change.
 
-AUGMENTATIONS = ("speed", "vtlp", "reverb", "noise", "telephone", "gain", "specaugment")
+AUGMENTATIONS = ("speed", "vtlp", "reverb", "noise", "telephone", "gain", "specaugment", "narrowband")
 VTLP_RANGE = (0.9, 1.1)  # vocal tract length perturbation's warp factors [Jaitly & Hinton 2013]; --vtlp-range
+NARROWBAND_HZ = 4000.0  # "narrowband": what an 8 kHz recording (FSDD's people, MBROLA, a telephone) cannot hold
 SPEEDS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)  # speed perturbation [Ko et al. 2015], wider and finer than Kaldi's 0.9/1.0/1.1
 NON_SPEECH_KINDS = ("silence", "white", "pink", "brown", "lowpass", "hum", "tones", "music", "dc", "clicks")
 NOISE_KINDS = ("white", "pink", "brown", "lowpass", "hum", "tones", "music", "clicks")  # backgrounds for "noise"
@@ -425,6 +428,26 @@ def warp_frequencies(features: torch.Tensor, alpha: float) -> torch.Tensor:
     lower = upper - 1
     weight = ((source - centers[lower]) / (centers[upper] - centers[lower])).to(features.dtype)[:, None]
     return features[lower] * (1 - weight) + features[upper] * weight
+
+
+def narrow_band(features: torch.Tensor, max_hz: float = NARROWBAND_HZ) -> torch.Tensor:
+    """The log-mel an ideal 8 kHz channel would give a clip: every bin centred at or above `max_hz` at the
+    clip's floor, Whisper's 80 dB under its loudest cell, as for a recording with nothing above 4 kHz.
+
+    A real 8 kHz recording leaks a little past 4 kHz, but under the small preset's floor 50 dB down
+    (`spectrogram_floor_db`) those bins are flat for FSDD's people and MBROLA too. With this on the
+    wideband sources' clips, the band above 4 kHz no longer tells a synthetic voice from a real one,
+    so the model can read it (a wideband "six" has its /s/ there) and still do without it.
+
+    Args:
+        features: (M, T) log-mel (`log_mel_spectrogram`) of one clip's real frames.
+        max_hz: the band's top; SAMPLE_RATE / 2 keeps every bin (the identity).
+    Returns:
+        (M, T), a new tensor.
+    """
+    floor = features.amax() - LOG_MEL_FLOOR_DB / 4.0  # features are (log10 power + 4) / 4: 8 in log10 is 2 here
+    kept = mel_bins_below(features.shape[0], max_hz)
+    return torch.cat((features[:kept], floor.expand(features.shape[0] - kept, features.shape[1])))
 
 
 def reverberate(clip: torch.Tensor, rt60: float, drr_db: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -683,7 +706,8 @@ class Collator:
         return clip
 
     def mask(self, inputs: dict[str, torch.Tensor], rows: list[int]):
-        """Vocal tract length perturbation (alpha from U(vtlp_range)) and SpecAugment masks, in place on `rows` of a batch.
+        """Vocal tract length perturbation (alpha from U(vtlp_range)), an 8 kHz channel (half the rows, `narrow_band`)
+        and SpecAugment masks, in place on `rows` of a batch.
 
         SpecAugment: two time masks of up to 5% of each clip on every input, two frequency masks of
         up to 10 mel bins on the log-mel.
@@ -695,6 +719,8 @@ class Collator:
             length = lengths[row]
             if "vtlp" in self.augmentations and "input_features" in inputs:
                 inputs["input_features"][row, :, :length] = warp_frequencies(inputs["input_features"][row, :, :length], uniform(*self.vtlp_range, g))
+            if "narrowband" in self.augmentations and "input_features" in inputs and uniform(0, 1, g) < 0.5:
+                inputs["input_features"][row, :, :length] = narrow_band(inputs["input_features"][row, :, :length])
             if "specaugment" not in self.augmentations:
                 continue
             width = max(1, length // 20)
