@@ -637,8 +637,8 @@ class Collator:
     Then, for each example with probability `augment_probability` (the rest stay clean, which
     keeps learning fast in a short run) and, if `augment_sources` is given, only for rows of those
     sources (e.g. the few real people, whose voices are what is scarce), the waveform augmentations in `augmentations` (speed,
-    reverb, noise, telephone, gain) and, after the log-mel, vocal tract length perturbation and
-    SpecAugment [9] masks.
+    reverb, noise, telephone, gain) and, after the log-mel (so not the waveform of input "both"), vocal
+    tract length perturbation, an 8 kHz channel (`narrow_band`) and SpecAugment [9] masks.
     """
 
     def __init__(
