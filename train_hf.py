@@ -388,7 +388,8 @@ class ClipReader:
 
 AUGMENTATIONS = ("speed", "vtlp", "reverb", "noise", "telephone", "gain", "specaugment", "narrowband")
 VTLP_RANGE = (0.9, 1.1)  # vocal tract length perturbation's warp factors [Jaitly & Hinton 2013]; --vtlp-range
-NARROWBAND_HZ = 4000.0  # "narrowband": what an 8 kHz recording (FSDD's people, MBROLA, a telephone) cannot hold
+NARROWBAND_HZ = 4000.0  # "narrowband": what an 8 kHz recording (FSDD's people, MBROLA, a telephone) cannot hold ...
+NARROWBAND_SHARE = 0.5  # ... taken from this share of the varied clips, so the top band tells no source apart
 SPEEDS = (0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)  # speed perturbation [Ko et al. 2015], wider and finer than Kaldi's 0.9/1.0/1.1
 NON_SPEECH_KINDS = ("silence", "white", "pink", "brown", "lowpass", "hum", "tones", "music", "dc", "clicks")
 NOISE_KINDS = ("white", "pink", "brown", "lowpass", "hum", "tones", "music", "clicks")  # backgrounds for "noise"
@@ -706,7 +707,7 @@ class Collator:
         return clip
 
     def mask(self, inputs: dict[str, torch.Tensor], rows: list[int]):
-        """Vocal tract length perturbation (alpha from U(vtlp_range)), an 8 kHz channel (half the rows, `narrow_band`)
+        """Vocal tract length perturbation (alpha from U(vtlp_range)), an 8 kHz channel (`narrow_band` on NARROWBAND_SHARE of the rows)
         and SpecAugment masks, in place on `rows` of a batch.
 
         SpecAugment: two time masks of up to 5% of each clip on every input, two frequency masks of
@@ -719,7 +720,7 @@ class Collator:
             length = lengths[row]
             if "vtlp" in self.augmentations and "input_features" in inputs:
                 inputs["input_features"][row, :, :length] = warp_frequencies(inputs["input_features"][row, :, :length], uniform(*self.vtlp_range, g))
-            if "narrowband" in self.augmentations and "input_features" in inputs and uniform(0, 1, g) < 0.5:
+            if "narrowband" in self.augmentations and "input_features" in inputs and uniform(0, 1, g) < NARROWBAND_SHARE:
                 inputs["input_features"][row, :, :length] = narrow_band(inputs["input_features"][row, :, :length])
             if "specaugment" not in self.augmentations:
                 continue
