@@ -9,7 +9,7 @@ import re, statistics, sys
 from pathlib import Path
 
 logs = Path(__file__).resolve().parent
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 SOURCES = ("espeak-ng", "mbrola", "fsdd")
 
 
