@@ -2,7 +2,7 @@
 
 Usage: python runs/speed/logs/paired_summary.py NAME [BASE] (from the repository root). Reads NAME_sS.log and
 rhvoice_NAME.txt beside this script, against BASE's (default vtlp_synth: the default's five validation runs), for the
-seeds both have; prints a markdown table of validation per source and RHVoice per voice, and each difference's
+seeds both have; prints a markdown table of validation (all and per source) and RHVoice, and each difference's
 mean +- t95 sd / sqrt(n) (two-sided t at 95%).
 """
 import re, statistics, sys
@@ -27,12 +27,11 @@ def validation(name, seed):
 
 
 def rhvoice(name, seed):
-    """{"all": WER, voice: WER} of rhvoice_NAME.txt's line for the seed's run, or None."""
+    """{"all": WER} of rhvoice_NAME.txt's line for the seed's run, or None."""
     path = logs / f"rhvoice_{name}.txt"
     for line in path.read_text().splitlines() if path.exists() else []:
         if line.split()[0].endswith(f"{name}_s{seed}"):
-            return {"all": float(re.search(r" all ([\d.]+)%", line).group(1)),
-                    **{m.group(1): float(m.group(2)) for m in re.finditer(r"(rhvoice-[\w-]+) ([\d.]+)%", line)}}
+            return {"all": float(re.search(r" all ([\d.]+)%", line).group(1))}
     return None
 
 
