@@ -2539,7 +2539,7 @@ def test_model_flags_reach_the_config_and_unset_ones_keep_the_preset():
         "--ctc-weight": ("0.5", 0.5), "--ctc-rescoring-weight": ("0.7", 0.7), "--ctc-outputs-per-frame": ("2", 2),
         "--downsampling-factor": ("2", 2), "--dropout": ("0.2", 0.2), "--label-smoothing": ("0.1", 0.1),
         "--encoder-layers": ("5", 5), "--decoder-layers": ("1", 1), "--no-absolute-positions": (None, False),
-        "--no-normalize-features": (None, False), "--spectrogram-floor-db": ("60", 60.0), "--spectrogram-max-hz": ("3000", 3000.0),
+        "--no-normalize-features": (None, False), "--spectrogram-floor-db": ("70", 70.0), "--spectrogram-max-hz": ("3000", 3000.0),
         "--betweenness-max-shift": ("8", 8.0), "--betweenness-gate-init": ("0.5", 0.5),
     }
     argv = [part for flag, (value, _) in flags.items() for part in (flag, value) if part is not None]

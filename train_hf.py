@@ -435,8 +435,8 @@ def narrow_band(features: torch.Tensor, max_hz: float = NARROWBAND_HZ) -> torch.
     """The log-mel an ideal 8 kHz channel would give a clip: every bin centred at or above `max_hz` at the
     clip's floor, Whisper's 80 dB under its loudest cell, as for a recording with nothing above 4 kHz.
 
-    A real 8 kHz recording leaks a little past 4 kHz, but under the small preset's floor 50 dB down
-    (`spectrogram_floor_db`) those bins are flat for FSDD's people and MBROLA too. With this on the
+    A real 8 kHz recording leaks a little past 4 kHz, but under a floor 50 dB down
+    (`spectrogram_floor_db`) those bins were measured flat for FSDD's people and MBROLA too. With this on the
     wideband sources' clips, the band above 4 kHz no longer tells a synthetic voice from a real one,
     so the model can read it (a wideband "six" has its /s/ there) and still do without it.
 
