@@ -7,6 +7,7 @@
 #   final.sh rep 0 1 2 3 4    (the other engines twice an epoch; as final_rep.sh)
 #   final.sh vtlp 0 1 2 3 4   (and VTLP on their clips)
 #   final.sh vtlp_all 0 1 2 3 4   (VTLP on every synthetic source)
+#   final.sh floor60 0 1 2 3 4    (and the log-mel floor at 60 dB, adopted by floor60_ten_rule.md; run from a8b1275)
 cd "$(dirname "$0")/../../.."
 name=$1; shift
 logs=/work/main/runs/speed/logs
