@@ -234,8 +234,10 @@ def check_voices():
             sys.exit(f"error: espeak-ng ignores variants {ignored} for {language!r}; edit LANGUAGES/VARIANTS")
 
 
-def synthesize(text, voice, speed, pitch, word_gap):
+def synthesize(text, voice, speed, pitch, word_gap, ssml=False):
     """Speak `text` with espeak-ng and return 16 kHz mono int16 samples.
+
+    `ssml`: read `text` as SSML markup (espeak-ng -m; plain text is spoken the same either way).
 
     espeak-ng writes a 22050 Hz WAV to stdout; sox resamples it with its
     band-limited "very high quality" rate effect. -G lowers the gain just
@@ -244,7 +246,8 @@ def synthesize(text, voice, speed, pitch, word_gap):
     espeak-ng's digital silence stays exactly zero.
     """
     wav = subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(word_gap), "--stdout", text],
+        ["espeak-ng", *(["-m"] if ssml else []), "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(word_gap),
+         "--stdout", text],
         capture_output=True,
         check=True,
     ).stdout

@@ -10,11 +10,11 @@ whose exact settings this repository does not have; it is scored beside RHVoice,
 Usage (repository root; `apt-get install espeak-ng sox`):
     python runs/synth/logs/make_espeak_unusual_set.py OUT_DIR
 """
-import csv, subprocess, sys
+import csv, sys
 from pathlib import Path
 import numpy as np, soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from tools.make_corpus import DIGIT_WORDS, LANGUAGES, PITCH, SAMPLE_RATE, TEST_VARIANTS, trim_silence
+from tools.make_corpus import DIGIT_WORDS, LANGUAGES, PITCH, SAMPLE_RATE, SPEED_WPM, TEST_VARIANTS, WORD_GAP, synthesize, trim_silence
 
 KINDS = ("fast", "gaps", "intonation")
 out = Path(sys.argv[1]); (out / "test").mkdir(parents=True, exist_ok=True)
@@ -24,18 +24,14 @@ for index in range(100):
     words = [DIGIT_WORDS[d] for d in rng.integers(0, 10, size=rng.integers(1, 8))]
     voice = f"{rng.choice(LANGUAGES)}+{rng.choice(TEST_VARIANTS + ('Mr serious',))}"
     kind = KINDS[index % 3]
-    speed = int(rng.integers(350, 501)) if kind == "fast" else int(np.exp(rng.uniform(np.log(80), np.log(350))))
-    gap = int(rng.integers(13, 41)) if kind == "gaps" else int(rng.integers(0, 13))
+    speed = int(rng.integers(SPEED_WPM[1], 501)) if kind == "fast" else int(np.exp(rng.uniform(*np.log(SPEED_WPM))))
+    gap = int(rng.integers(WORD_GAP[1] + 1, 41)) if kind == "gaps" else int(rng.integers(WORD_GAP[0], WORD_GAP[1] + 1))
     pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
     text = " ".join(words)
     if kind == "intonation":
         level, spread = rng.choice(["x-low", "x-high"]), rng.choice(["x-low", "x-high"])
         text = f'<speak><prosody pitch="{level}" range="{spread}">{text}</prosody></speak>'
-    wav = subprocess.run(["espeak-ng", "-m", "-v", voice, "-s", str(speed), "-p", str(pitch), "-g", str(gap), "--stdout", text],
-                         capture_output=True, check=True).stdout
-    raw = subprocess.run(["sox", "-D", "-G", "-t", "wav", "-", "-t", "raw", "-e", "signed-integer", "-b", "16", "-c", "1", "-",
-                          "rate", "-v", str(SAMPLE_RATE)], input=wav, capture_output=True, check=True).stdout
-    audio = trim_silence(np.frombuffer(raw, dtype="<i2"), SAMPLE_RATE)
+    audio = trim_silence(synthesize(text, voice, speed, pitch, gap, ssml=kind == "intonation"), SAMPLE_RATE)
     name = f"test/unusual-{index:03d}.flac"
     sf.write(out / name, audio, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
     rows.append((name, " ".join(words), "test", kind, voice))
