@@ -8,6 +8,8 @@ non-speech. Then the mean and the sample standard deviation over the seeds.
 import re, statistics, sys
 from pathlib import Path
 
+from paired_summary import SOURCES, validation  # the same log, the same final validation lines
+
 here = Path(__file__).resolve().parent
 name = sys.argv[1]
 rhvoice = {int(m[1]): float(m[2]) for m in re.finditer(rf"final_{name}_s(\d+) test all ([0-9.]+)%", (here / f"rhvoice_final_{name}.txt").read_text())}
@@ -26,11 +28,11 @@ for log in sorted(here.glob(f"final_{name}_s*.log"), key=lambda p: int(p.stem.rs
     text, seed = log.read_text(errors="replace"), int(log.stem.rsplit("_s", 1)[1])
     if "test WER" not in text or seed not in rhvoice:
         continue
+    val = validation(f"final_{name}", seed)
     row = dict(seed=seed, espeak=wer(text, "test espeak-ng"), person=wer(text, "test fsdd"),
                test=float(re.findall(r"^test WER ([0-9.]+)%", text, re.M)[-1]),
-               val=[wer(text, f"validation {source}") for source in ("espeak-ng", "mbrola", "fsdd")],
-               val_all=float(re.findall(r"^validation WER ([0-9.]+)%", text, re.M)[-1]), rhvoice=rhvoice[seed],
-               wall=int(re.findall(r"^WALL (\d+) s", text, re.M)[-1]), train=int(re.findall(r"training time (\d+) s", text)[-1]),
+               val=[val[source] for source in SOURCES], val_all=val["all"], rhvoice=rhvoice[seed],
+               wall=int(re.findall(r"^WALL (\d+) s", text, re.M)[-1]), train=int(val["train_s"]),
                false=float(re.findall(r"non-speech: ([0-9.]+) false words per minute", text)[-1]))
     rows.append(row)
     print(f"| {seed} | {row['espeak']:.2f}% | {row['person']:.2f}% | {row['test']:.2f}% | "

@@ -41,26 +41,31 @@ def interval(values):
     return f"{mean:+.2f} ± {T95[n - 1] * statistics.stdev(values) / n ** 0.5:.2f}" if n > 1 else f"{mean:+.2f}"
 
 
-name, base = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "vtlp_synth"
-columns = ["all", *SOURCES]
-print(f"| seed | validation {base} / {name} | " + " | ".join(f"{s} " for s in SOURCES) + f"| RHVoice {base} / {name} | training s |")
-print("|---|" + "---|" * (len(SOURCES) + 3))
-diffs = {key: [] for key in [*columns, "rhvoice"]}
-means = {key: ([], []) for key in ("validation", "rhvoice")}
-for seed in range(10):
-    a, b = validation(base, seed), validation(name, seed)
-    ra, rb = rhvoice(base, seed), rhvoice(name, seed)
-    if not (a and b and ra and rb):
-        continue
-    for key in columns:
-        diffs[key].append(b[key] - a[key])
-    diffs["rhvoice"].append(rb["all"] - ra["all"])
-    for key, pair in (("validation", (a["all"], b["all"])), ("rhvoice", (ra["all"], rb["all"]))):
-        means[key][0].append(pair[0]), means[key][1].append(pair[1])
-    print(f"| {seed} | " + " | ".join(f"{a[k]:.2f} / {b[k]:.2f}%" for k in columns)
-          + f" | {ra['all']:.2f} / {rb['all']:.2f}% | {a['train_s']:.0f} / {b['train_s']:.0f} |")
-n = len(diffs["all"])
-if n:
-    print(f"| {name} - {base}, {n} seeds | " + " | ".join(interval(diffs[k]) for k in columns) + f" | {interval(diffs['rhvoice'])} | |")
-    for key, (x, y) in means.items():
-        print(f"mean {key} WER over these seeds: {base} {statistics.mean(x):.2f}%, {name} {statistics.mean(y):.2f}%")
+def main():
+    name, base = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "vtlp_synth"
+    columns = ["all", *SOURCES]
+    print(f"| seed | validation {base} / {name} | " + " | ".join(f"{s} " for s in SOURCES) + f"| RHVoice {base} / {name} | training s |")
+    print("|---|" + "---|" * (len(SOURCES) + 3))
+    diffs = {key: [] for key in [*columns, "rhvoice"]}
+    means = {key: ([], []) for key in ("validation", "rhvoice")}
+    for seed in range(10):
+        a, b = validation(base, seed), validation(name, seed)
+        ra, rb = rhvoice(base, seed), rhvoice(name, seed)
+        if not (a and b and ra and rb):
+            continue
+        for key in columns:
+            diffs[key].append(b[key] - a[key])
+        diffs["rhvoice"].append(rb["all"] - ra["all"])
+        for key, pair in (("validation", (a["all"], b["all"])), ("rhvoice", (ra["all"], rb["all"]))):
+            means[key][0].append(pair[0]), means[key][1].append(pair[1])
+        print(f"| {seed} | " + " | ".join(f"{a[k]:.2f} / {b[k]:.2f}%" for k in columns)
+              + f" | {ra['all']:.2f} / {rb['all']:.2f}% | {a['train_s']:.0f} / {b['train_s']:.0f} |")
+    n = len(diffs["all"])
+    if n:
+        print(f"| {name} - {base}, {n} seeds | " + " | ".join(interval(diffs[k]) for k in columns) + f" | {interval(diffs['rhvoice'])} | |")
+        for key, (x, y) in means.items():
+            print(f"mean {key} WER over these seeds: {base} {statistics.mean(x):.2f}%, {name} {statistics.mean(y):.2f}%")
+
+
+if __name__ == "__main__":
+    main()
