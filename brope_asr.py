@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
+from torch.autograd.function import once_differentiable
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
@@ -314,6 +315,19 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+def _rotate_halves(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`rotate` with each half written into one new tensor (no autograd; for `Rotation`): the same function.
+
+    `rotate`'s `torch.cat` copies both halves again and was the largest single cost of a rotation;
+    writing each half in place made `Rotation`'s forward and backward 1.3-2.4x faster (README, Performance).
+    """
+    y = torch.empty_like(x)
+    (x1, x2), (y1, y2) = x.chunk(2, dim=-1), y.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=y1).addcmul_(x2, sin, value=-1)  # x1 cos - x2 sin
+    torch.mul(x1, sin, out=y2).addcmul_(x2, cos)  # x1 sin + x2 cos
+    return y
+
+
 class Rotation(torch.autograd.Function):
     """y = `rotate`(x, cos a, sin a), with a backward written for rotations.
 
@@ -324,6 +338,8 @@ class Rotation(torch.autograd.Function):
             broadcast along (heads, for bRoPE's one shift per token),
     so the backward is one inverse rotation and one product, from the saved output and cos/sin.
     The angle gradient is computed only when the angles need it (bRoPE's shifts, learned frequencies).
+    Both passes write their halves in place (`_rotate_halves`), so the backward is not itself
+    differentiable (`once_differentiable`: no second derivatives).
     """
 
     @staticmethod
@@ -337,12 +353,13 @@ class Rotation(torch.autograd.Function):
             (..., S, Dh), x's dtype.
         """
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        y = rotate(x, cos, sin)
+        y = _rotate_halves(x, cos, sin)
         ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, cos, sin)
         ctx.angles_shape, ctx.angles_dtype = angles.shape, angles.dtype
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Gradients for x (the inverse rotation of grad_y) and, when needed, for the angles (y1 g2 - y2 g1).
 
@@ -353,11 +370,11 @@ class Rotation(torch.autograd.Function):
         """
         y, cos, sin = ctx.saved_tensors
         g1, g2 = grad_y.chunk(2, dim=-1)
-        grad_x = torch.cat((g1 * cos + g2 * sin, g2 * cos - g1 * sin), dim=-1) if ctx.needs_input_grad[0] else None
+        grad_x = _rotate_halves(grad_y, cos, -sin) if ctx.needs_input_grad[0] else None  # R(-a)
         grad_angles = None
         if ctx.needs_input_grad[1]:
             y1, y2 = y.chunk(2, dim=-1)
-            grad_angles = (y1 * g2 - y2 * g1).sum_to_size(ctx.angles_shape).to(ctx.angles_dtype)
+            grad_angles = (y1 * g2).addcmul_(y2, g1, value=-1).sum_to_size(ctx.angles_shape).to(ctx.angles_dtype)
         return grad_x, grad_angles
 
 

@@ -224,7 +224,7 @@ def test_rotation_backward_passes_gradcheck_and_equals_autograd_of_the_formula()
     y = brope_asr.Rotation.apply(x, angles)
     reference = brope_asr.rotate(x, angles.cos(), angles.sin())
     grad = torch.randn_like(y)
-    assert torch.equal(y, reference)
+    assert_close(y, reference, atol=1e-12)  # halves written in place: only rounding may differ
     for got, expected in zip(torch.autograd.grad(y, (x, angles), grad), torch.autograd.grad(reference, (x, angles), grad)):
         assert_close(got, expected, atol=1e-12)
 
