@@ -372,9 +372,13 @@ def on_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 
 def training_step(model: nn.Module, inputs: dict[str, torch.Tensor], runner: Runner) -> Callable[[], None]:
-    """One training step of `model` on `inputs` (labels included): forward, backward, AdamW update."""
+    """One training step of `model` on `inputs` (labels included): forward, backward, AdamW update.
+
+    AdamW is the fused one, as `train_hf.py`'s Trainer runs it (transformers' default `adamw_torch_fused`);
+    torch's default on CPU, a loop over the parameters, took 18% of a small step's profile.
+    """
     model.to(runner.device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
