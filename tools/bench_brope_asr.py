@@ -14,7 +14,9 @@ the machine that ran them even where the absolute numbers do not carry over. The
 4. bRoPE (RoPE at betweenness-shifted positions) against plain RoPE and against the straightforward
    implementation of the same score (a full pairwise distance matrix and a Python loop over
    positions, `brope_straightforward` below): time and peak memory at 128 to 3000 positions.
-5. Model FLOP utilization of the training step at each preset: its model FLOP/s over the `torch.matmul` rate.
+5. Model FLOP utilization of the training step at each preset: its model FLOP/s over the `torch.matmul` rate;
+   and the model FLOPs of a step with all options on, and with each alone, over options off: the best
+   time ratio row 1's options can reach at equal FLOP/s.
 6. Blended attention forward+backward at each preset's encoder self-attention shape, against plain
    scaled dot product and against the same blend with v padded onto torch's fused kernel.
 
@@ -474,7 +476,7 @@ def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
             "Whisper 3 s": whisper_model(config, CLIP_SECONDS, clips, labels, runner),
             **{name: ours_model(preset, option, clips, labels, runner) for name, option in OPTIONS.items()},
         }
-        flops = model_flops(*built["off"], runner)
+        flops = {name: model_flops(*built[name], runner) for name in ("off", "on", *OPTIONS)}
         step = {name: training_step(model, inputs, runner) for name, (model, inputs) in built.items()}
         del built
         comparisons = [  # (what, ours, anchor, target ratio): the ratio is anchor time / our time
@@ -491,17 +493,31 @@ def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
                             speed(times[ours]), speed(times[anchor]), ratio, target))
         del step
         peak = matmul_rate(runner, sizes.matmul_size)
-        achieved = flops / times["off"].seconds
+        achieved = flops["off"] / times["off"].seconds
         rows.append(
             Row(
                 5,
                 f"model FLOP utilization, train {label} 3-s clips (options off)",
-                f"{achieved / 1e9:.1f} GFLOP/s ({flops / 1e9:.1f} GFLOP fwd+bwd per step)",
+                f"{achieved / 1e9:.1f} GFLOP/s ({flops['off'] / 1e9:.1f} GFLOP fwd+bwd per step)",
                 f"{peak / 1e9:.1f} GFLOP/s torch.matmul {sizes.matmul_size}²",
                 achieved / peak,
                 0.40,
             )
         )
+        # What an option adds in model FLOPs bounds what it can cost at best: at the same FLOP/s,
+        # "on" takes off/on of the time, so an option's time ratio can beat this only by running faster.
+        for name in ("on", *OPTIONS):
+            rows.append(
+                Row(
+                    5,
+                    f"model FLOPs per step, train {label}: {'all options on' if name == 'on' else name} vs off "
+                    "(off / on: the time ratio at equal FLOP/s)",
+                    f"{flops[name] / 1e9:.2f} GFLOP",
+                    f"{flops['off'] / 1e9:.2f} GFLOP",
+                    flops["off"] / flops[name],
+                    None,
+                )
+            )
     return rows
 
 
