@@ -14,6 +14,7 @@
 #   probe.sh brope_engaged "--betweenness --betweenness-max-shift 8 --betweenness-gate-init 0.5" 0 1 2 3 4
 #   probe.sh wideband "--spectrogram-max-hz 0 --augment vtlp,narrowband --augment-sources espeak-ng,mbrola,pico" 0 1 2 3 4
 #   probe.sh floor60 "--spectrogram-floor-db 60" 0 1 2 3 4
+#   probe.sh rotation "" 0                                                  (the default after Rotation wrote its halves in place)
 #   then, alternating seed by seed, probe.sh vtlp_synth "--augment vtlp --augment-sources espeak-ng,mbrola,pico" S and
 #   probe.sh floor60 "--spectrogram-floor-db 60" S for S = 5..9 (floor60_ten_rule.md)
 cd "$(dirname "$0")/../../.."
