@@ -382,6 +382,17 @@ def test_fused_attention_matches_reference(blended, masking):
     assert_close(fused, reference, atol=1e-5)
 
 
+@pytest.mark.parametrize("blended", [False, True])
+def test_attention_dropout_drops_weights_and_keeps_the_expected_output(blended):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    blend, temperature = (torch.rand(2), 1 + 9 * torch.rand(2)) if blended else (None, None)
+    kept = brope_asr.attention(q, k, v, blend=blend, temperature=temperature)
+    dropped = torch.stack([brope_asr.attention(q, k, v, blend=blend, temperature=temperature, dropout=0.5) for _ in range(10000)])
+    assert not torch.allclose(dropped[0], kept, atol=1e-3)
+    assert_close(dropped.mean(0), kept, atol=0.05)  # kept weights scaled by 1 / (1 - p): unbiased
+
+
 def test_blended_attention_is_finite_for_zero_vectors():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
@@ -394,8 +405,8 @@ def test_blended_attention_is_finite_for_zero_vectors():
 
 
 def test_blended_scores_have_rank_twice_the_head_width_so_no_narrower_dot_product_computes_them():
-    # Why `attention` concatenates queries and keys to 2 Dh: the blend is a sum of two rank-Dh
-    # products, so its score matrix has rank 2 Dh, and a dot product of width w has rank at most w.
+    # Why `blended_scores` takes two products of width Dh: the blend is a sum of two rank-Dh products,
+    # so its score matrix has rank 2 Dh, and a dot product of width w has rank at most w.
     # The softmax ignores a constant added to a row, which can lower the rank by one at most.
     torch.manual_seed(0)
     width, length, b, tau = 8, 40, 0.4, 3.0
@@ -2480,7 +2491,7 @@ def test_benchmark_rows_option_measures_only_the_rows_asked_for():
     from tools import bench_brope_asr as bench
 
     rows = bench.measure_all(bench.Runner(torch.device("cpu"), 1), bench.QUICK, {6})
-    assert {row.section for row in rows} == {6} and len(rows) == 2 * len(bench.QUICK.presets)
+    assert {row.section for row in rows} == {6} and len(rows) == 3 * len(bench.QUICK.presets)
     assert all(row.ratio > 0 for row in rows)
 
 

@@ -18,7 +18,8 @@ the machine that ran them even where the absolute numbers do not carry over. The
    and the model FLOPs of a step with all options on, and with each alone, over options off, and of
    Whisper cut to 3 s over ours: the time ratios row 1 can reach at equal FLOP/s.
 6. Blended attention forward+backward at each preset's encoder self-attention shape, against plain
-   scaled dot product and against the same blend with v padded onto torch's fused kernel.
+   scaled dot product, against the same blend as one 2 Dh-wide product through
+   `scaled_dot_product_attention` (its unfused path) and with v padded onto torch's fused kernel.
 
 With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast. `--rows 2,3,6` measures
 only those rows (1 and 5 come from the same training steps). Rows 1, 2, 3, 4 (against plain RoPE)
@@ -80,7 +81,6 @@ from brope_asr import (
     Rotation,
     apply_rotary,
     attention,
-    blended_query_key,
     rotary_angles,
     batch_inputs,
     load_audio,
@@ -790,12 +790,26 @@ def rope_rows(runner: Runner, sizes: Sizes) -> list[Row]:
 # -------------------------------------------------------------------------------- 6 blended attention
 
 
-def blended_padded(q, k, v, mask, is_causal, blend, temperature) -> torch.Tensor:
-    """`attention`'s blend with v zero-padded to the queries' doubled width, and the output cut back.
+def blended_query_key(q, k, blend, temperature) -> tuple[torch.Tensor, torch.Tensor]:
+    """[b tau q/|q|, (1 - b) q / sqrt(Dh)] and [k/|k|, k], (B, H, S, 2 Dh): one dot product of them is the blend."""
+    b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
+    q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
+    return q, torch.cat((F.normalize(k, dim=-1), k), dim=-1)
 
-    torch's fused CPU kernel takes only equal query, key and value widths; the blend's [q-hat, q] .
-    [k-hat, k] is twice as wide as v, so `attention` runs the unfused path. Padding v is the one way
-    onto the fused kernel for the same function; this anchor measures whether it pays.
+
+def blended_unfused(q, k, v, mask, is_causal, blend, temperature) -> torch.Tensor:
+    """The blend through `scaled_dot_product_attention` as one product of concatenated 2 Dh vectors
+    (`blended_query_key`, scale 1): its unfused path, since v is Dh wide. What `attention` ran before it
+    wrote the blend's scores out."""
+    q, k = blended_query_key(q, k, blend, temperature)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=1.0)
+
+
+def blended_padded(q, k, v, mask, is_causal, blend, temperature) -> torch.Tensor:
+    """The blend with v zero-padded to the concatenated queries' 2 Dh, and the output cut back.
+
+    torch's fused CPU kernel takes only equal query, key and value widths; padding v is the one way
+    onto it for the same function; this anchor measures whether it pays.
     """
     q, k = blended_query_key(q, k, blend, temperature)
     out = F.scaled_dot_product_attention(q, k, F.pad(v, (0, v.shape[-1])), attn_mask=mask, is_causal=is_causal, scale=1.0)
@@ -820,10 +834,12 @@ def attention_rows(runner: Runner, sizes: Sizes) -> list[Row]:
         variants = {
             "blended": (lambda: attention(q, k, v, mask, False, blend, temperature), [q, k, v, blend, temperature]),
             "plain": (lambda: attention(q, k, v, mask), [q, k, v]),
+            "unfused": (lambda: blended_unfused(q, k, v, mask, False, blend, temperature), [q, k, v, blend, temperature]),
             "padded": (lambda: blended_padded(q, k, v, mask, False, blend, temperature), [q, k, v, blend, temperature]),
         }
         with torch.no_grad():
-            torch.testing.assert_close(variants["padded"][0](), variants["blended"][0](), rtol=1e-4, atol=1e-5)
+            for anchor in ("unfused", "padded"):
+                torch.testing.assert_close(variants[anchor][0](), variants["blended"][0](), rtol=1e-4, atol=1e-5)
         calls = {}
         for variant, (fn, leaves) in variants.items():
 
@@ -833,7 +849,11 @@ def attention_rows(runner: Runner, sizes: Sizes) -> list[Row]:
                 torch.autograd.grad(out.float().sum(), leaves)
 
             calls[variant] = train
-        for anchor, what in (("plain", "plain scaled dot product"), ("padded", "the blend with v padded onto the fused kernel")):
+        for anchor, what in (
+            ("plain", "plain scaled dot product"),
+            ("unfused", "the blend as one 2 Dh-wide product through the SDPA call's unfused path"),
+            ("padded", "the blend with v padded onto the fused kernel"),
+        ):
             ratio, ours, theirs = runner.paired(calls["blended"], calls[anchor])
             rows.append(
                 Row(
