@@ -393,6 +393,17 @@ def test_attention_dropout_drops_weights_and_keeps_the_expected_output(blended):
     assert_close(dropped.mean(0), kept, atol=0.05)  # kept weights scaled by 1 / (1 - p): unbiased
 
 
+def test_blended_scores_are_the_dot_product_of_the_concatenated_query_and_key():
+    # The CPU writes the blend's scores out; other devices take the concatenated form onto a fused kernel.
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 8, dtype=torch.float64), torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    q[0, 0, 1] = 0.0  # a zero (padded) vector
+    blend, temperature = torch.rand(3, dtype=torch.float64), 1 + 19 * torch.rand(3, dtype=torch.float64)
+    wide_q, wide_k = brope_asr.blended_query_key(q, k, blend, temperature)
+    assert wide_q.shape == (2, 3, 5, 16) and wide_k.shape == (2, 3, 7, 16)
+    assert_close(brope_asr.blended_scores(q, k, blend, temperature), wide_q @ wide_k.transpose(-1, -2), atol=1e-12)
+
+
 def test_blended_attention_is_finite_for_zero_vectors():
     torch.manual_seed(0)
     q, k, v = torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)

@@ -81,6 +81,7 @@ from brope_asr import (
     Rotation,
     apply_rotary,
     attention,
+    blended_query_key,
     rotary_angles,
     batch_inputs,
     load_audio,
@@ -790,17 +791,10 @@ def rope_rows(runner: Runner, sizes: Sizes) -> list[Row]:
 # -------------------------------------------------------------------------------- 6 blended attention
 
 
-def blended_query_key(q, k, blend, temperature) -> tuple[torch.Tensor, torch.Tensor]:
-    """[b tau q/|q|, (1 - b) q / sqrt(Dh)] and [k/|k|, k], (B, H, S, 2 Dh): one dot product of them is the blend."""
-    b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
-    q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
-    return q, torch.cat((F.normalize(k, dim=-1), k), dim=-1)
-
-
 def blended_unfused(q, k, v, mask, is_causal, blend, temperature) -> torch.Tensor:
     """The blend through `scaled_dot_product_attention` as one product of concatenated 2 Dh vectors
-    (`blended_query_key`, scale 1): its unfused path, since v is Dh wide. What `attention` ran before it
-    wrote the blend's scores out."""
+    (`blended_query_key`, scale 1): on the CPU its unfused path, since v is Dh wide. What `attention` ran
+    on the CPU before it wrote the blend's scores out (and still runs on CUDA)."""
     q, k = blended_query_key(q, k, blend, temperature)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=1.0)
 
