@@ -6,7 +6,6 @@ and plain RoPE: the bench's shapes (1, 4, S, 128), 21 interleaved rounds of ~50 
 """
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -14,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from brope_asr import BetweennessShift, BRoPEASRConfig, Rotation, rope_frequencies, rotary_angles  # noqa: E402
+from rotation_halves import clock  # noqa: E402
 from tools.bench_brope_asr import brope, rope  # noqa: E402
 
 
@@ -56,14 +57,6 @@ def brope_function(q, k, v, shift, inv_freq):
     positions = torch.arange(q.shape[-2]) + shift.max_shift * torch.tanh(shift.gate) * score
     angles = rotary_angles(positions, inv_freq)
     return Rotation.apply(q, angles), Rotation.apply(k, angles)
-
-
-def clock(fn, seconds=0.05):
-    calls, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        calls += 1
-    return elapsed / calls
 
 
 def main():
