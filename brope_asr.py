@@ -1482,6 +1482,8 @@ class DurationLimit(LogitsProcessor):
         """input_ids (B x beams, S) with the decoder start token first; scores (B x beams, V)."""
         limits = self.limits.to(input_ids.device).repeat_interleave(input_ids.shape[0] // len(self.limits))
         full = input_ids.shape[1] - 1 >= limits - 1  # (B x beams,) only eos is left to write
+        if not bool(full.any()):  # most steps: no row is at its limit, so no pass over the (B x beams, V) scores
+            return scores
         forced = torch.full_like(scores, -torch.inf)
         forced[:, self.eos_token_id] = 0.0
         return torch.where(full[:, None], forced, scores)
