@@ -229,6 +229,19 @@ def test_rotation_backward_passes_gradcheck_and_equals_autograd_of_the_formula()
         assert_close(got, expected, atol=1e-12)
 
 
+def test_rotation_traces_into_one_graph_under_torch_compile():
+    # Its halves are written in place (`out=` into strided views), which Dynamo cannot trace: compiled, it
+    # must take `rotate` instead, or `--compile` would break the graph at every rotation.
+    def rotate_both(q, k, shift):
+        angles = brope_asr.rotary_angles(torch.arange(q.shape[-2]) + shift, brope_asr.rope_frequencies(q.shape[-1], 10000.0))
+        return brope_asr.Rotation.apply(q, angles), brope_asr.Rotation.apply(k, angles)
+
+    torch.manual_seed(0)
+    q, k, shift = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 16, 8), torch.rand(2, 1, 16)
+    explanation = torch._dynamo.explain(rotate_both)(q, k, shift)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1, explanation.break_reasons
+
+
 @pytest.mark.parametrize("delta", [3, 0.37])
 def test_rope_scores_depend_only_on_relative_offset(delta):
     torch.manual_seed(0)
