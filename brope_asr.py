@@ -523,10 +523,15 @@ def blended_scores(q: torch.Tensor, k: torch.Tensor, blend: torch.Tensor, temper
     Returns:
         (B, H, Sq, Sk) scores.
     """
+    cosine_q, dot_q = _blended_queries(q, blend, temperature)
+    return cosine_q @ F.normalize(k, dim=-1).transpose(-1, -2) + dot_q @ k.transpose(-1, -2)
+
+
+def _blended_queries(q: torch.Tensor, blend: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """b tau q/|q| and (1 - b) q / sqrt(Dh), each (B, H, Sq, Dh): the queries that meet k/|k| and k in the blend."""
     b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
     # F.normalize divides by max(|x|, eps), so padded (zero) vectors give 0, not NaN.
-    cosine = (b * tau * F.normalize(q, dim=-1)) @ F.normalize(k, dim=-1).transpose(-1, -2)
-    return cosine + (q * ((1 - b) * q.shape[-1] ** -0.5)) @ k.transpose(-1, -2)
+    return b * tau * F.normalize(q, dim=-1), q * ((1 - b) * q.shape[-1] ** -0.5)
 
 
 def blended_query_key(
@@ -540,9 +545,7 @@ def blended_query_key(
     Returns:
         (B, H, Sq, 2 Dh) and (B, H, Sk, 2 Dh).
     """
-    b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
-    q = torch.cat((b * tau * F.normalize(q, dim=-1), (1 - b) * q * q.shape[-1] ** -0.5), dim=-1)
-    return q, torch.cat((F.normalize(k, dim=-1), k), dim=-1)
+    return torch.cat(_blended_queries(q, blend, temperature), dim=-1), torch.cat((F.normalize(k, dim=-1), k), dim=-1)
 
 
 def attention_reference(
