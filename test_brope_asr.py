@@ -1390,6 +1390,33 @@ def test_release_freed_memory_hands_a_fragmented_heap_back_to_the_system():
     assert before - resident() > 80 * 2**20 and len(kept) == 200
 
 
+KEEP_FREED_MEMORY_PROBE = """
+import resource, sys, torch
+import brope_asr
+torch.set_num_threads(1)
+kept = brope_asr.keep_freed_memory() if sys.argv[1] == "keep" else False
+for _ in range(3):
+    torch.ones(16 * 2**20)  # 64 MiB, above glibc's largest mmap threshold: mapped, faulted in and unmapped each time
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(16 * 2**20)
+print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 10)
+"""
+
+
+@pytest.mark.skipif(brope_asr._glibc() is None, reason="glibc only")
+def test_keep_freed_memory_stops_a_large_tensor_being_faulted_in_at_every_allocation():
+    def faults(side: str) -> tuple[str, int]:
+        result = subprocess.run([sys.executable, "-c", KEEP_FREED_MEMORY_PROBE, side], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent)
+        kept, count = result.stdout.split()
+        return kept, int(count)
+
+    default, keep = faults("default"), faults("keep")
+    assert default[0] == "False" and default[1] >= 16 * 2**20 * 4 // 4096 // 2  # about one fault per 4-KiB page, every time
+    assert keep == ("True", keep[1]) and keep[1] < 100
+
+
 @pytest.mark.parametrize("rate, channels", [(16000, 1), (8000, 1), (44100, 2), (22050, 1)])
 def test_read_blocks_join_to_the_whole_file_at_any_rate(tmp_path, rate, channels):
     samples = 0.1 * np.random.default_rng(rate).standard_normal((int(2.37 * rate), channels)).astype(np.float32)

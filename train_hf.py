@@ -52,6 +52,7 @@ from brope_asr import (
     BRoPEASRProcessor,
     BetweennessShift,
     audio_array,
+    keep_freed_memory,
     char_error_rate,
     load_audio,
     mel_bins_below,
@@ -1732,11 +1733,15 @@ def main(argv=None) -> dict:
 def run_as_script(argv=None) -> None:
     """`main` as the command line runs it: a bad flag or input ends the process with its message, not a traceback.
 
+    The process keeps freed memory for reuse (`keep_freed_memory`, glibc only): a training step frees and allocates
+    the same large tensors every time, and glibc's default faults them in again page by page.
+
     A process launched by torchrun or accelerate ends with os._exit(0) once everything is saved and printed. Letting the
     interpreter finalize frees tensors that gloo's threads still hold and aborts about 1 run in 36 on CPU ("terminate
     called without an active exception", pytorch/pytorch#190489); destroy_process_group() first now and then hangs
     instead (#75097). README, Several GPUs or processes.
     """
+    keep_freed_memory()  # glibc keeps a step's freed tensors for the next instead of faulting them in again (README, Performance)
     try:
         main(argv)
     except (ValueError, NonFiniteLossError) as error:

@@ -21,6 +21,10 @@ the machine that ran them even where the absolute numbers do not carry over. The
    scaled dot product, against the same blend as one 2 Dh-wide product through
    `scaled_dot_product_attention` (its unfused path) and with v padded onto torch's fused kernel.
 
+The process first calls `keep_freed_memory`, as `train_hf.py` does, so glibc keeps freed blocks
+for reuse instead of faulting them in again at every step (both sides of every ratio run in this
+one process); `--default-malloc` leaves glibc's malloc as it is.
+
 With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast. `--rows 2,3,6` measures
 only those rows (1 and 5 come from the same training steps). Rows 1, 2, 3, 4 (against plain RoPE)
 and 6 are timed as interleaved pairs: ours and the anchor back to back, the ratio the median of the
@@ -81,13 +85,14 @@ from brope_asr import (
     Rotation,
     apply_rotary,
     attention,
-    blended_query_key,
-    rotary_angles,
     batch_inputs,
+    blended_query_key,
+    keep_freed_memory,
     load_audio,
     log_mel_spectrogram,
     mel_bins_below,
     rope_frequencies,
+    rotary_angles,
     transcribe,
     window_seconds,
     word_error_rate,
@@ -1156,6 +1161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=lambda spec: {int(n) for n in spec.split(",")}, metavar="N,N",
                         help="measure only these rows (1 and 5 come together), e.g. 2,3,6; default: all")
     parser.add_argument("--out", default=None, help="also write the report to this markdown file")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (default: keep_freed_memory, as train_hf.py trains)")
     parser.add_argument("--long-audio", metavar="RUN_DIR", help="instead: long recordings through this trained model")
     parser.add_argument("--window-seconds", type=float, help="with --long-audio: the longest window (default: the model's)")
     parser.add_argument("--split", default="test", help="with --long-audio: the split whose clips are joined")
@@ -1184,6 +1191,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 5)
+    malloc = "glibc's default" if args.default_malloc else "keep_freed_memory, as train_hf.py"
+    if not args.default_malloc and not keep_freed_memory():
+        malloc = "the C library's default (keep_freed_memory needs glibc)"
 
     cpu = Runner(torch.device("cpu"), repeats)
     load_before = os.getloadavg()[0]
@@ -1205,7 +1215,7 @@ def main(argv: list[str] | None = None) -> int:
         f"numpy BLAS threads: {os.environ.get('OPENBLAS_NUM_THREADS', 'its default')}",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}, "
         f"python {platform.python_version()}",
-        f"- device: {cpu.label}; GPU: {gpu_name}",
+        f"- device: {cpu.label}; GPU: {gpu_name}; malloc: {malloc}",
         f"- load average (1 min) before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
         f"{os.cpu_count()} CPUs; wall time {time.perf_counter() - started:.0f} s",
         f"- each figure: median of {repeats} timed samples after one warm-up (n=… where a slow call got fewer);"
