@@ -2530,6 +2530,7 @@ def test_benchmark_quick_run_prints_one_table_with_every_row():
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| # | row |")
     assert {line.split("|")[1].strip() for line in table[2:]} == {"1", "2", "3", "4", "5", "6"}
+    assert ("malloc: keep_freed_memory, as train_hf.py" in result.stdout) == (brope_asr._glibc() is not None)
     # Every option adds model FLOPs, and all of them together add the most: off / on below 1, lowest for all.
     flops = {line.split("|")[2].split(": ")[1].split(" vs off")[0]: float(line.split("|")[5])
              for line in table if "model FLOPs per step" in line and "Whisper" not in line}
