@@ -974,18 +974,24 @@ def log_mel_spectrogram(
         last = (lengths - 1)[:, None]
         padded.scatter_(1, last + pad + offsets, batch.gather(1, last - offsets))
 
-    window = torch.hann_window(N_FFT, periodic=True, device=batch.device)
-    stft = torch.stft(padded, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+    stft = torch.stft(padded, N_FFT, HOP_LENGTH, window=_hann_window(batch.device), center=False, return_complex=True)
     stft = stft[..., : n_samples // HOP_LENGTH]  # Whisper drops the last centred frame
-    power = stft.real.square() + stft.imag.square()  # |z|^2 without abs()'s square root
-    log_spec = torch.clamp(_mel_filters(n_mels, sampling_rate).to(power.device) @ power, min=1e-10).log10()
+    power = stft.real.square().addcmul_(stft.imag, stft.imag)  # |z|^2 without abs()'s square root
+    # In place from here on: one clip's log-mel is a few hundred microseconds, so each new tensor counts.
+    log_spec = (_mel_filters(n_mels, sampling_rate).to(power.device) @ power).clamp_(min=1e-10).log10_()
 
     valid = None if whole else lengths_to_mask(lengths // HOP_LENGTH, log_spec.shape[-1])[:, None, :]  # (B, 1, T)
     peak = (log_spec if whole else log_spec.masked_fill(~valid, -torch.inf)).amax(dim=(1, 2), keepdim=True)
-    features = (torch.maximum(log_spec, peak - LOG_MEL_FLOOR_DB) + 4.0) / 4.0
+    features = torch.maximum(log_spec, peak - LOG_MEL_FLOOR_DB).add_(4.0).div_(4.0)
     if not whole:
         features = features.masked_fill(~valid, 0.0)
     return features[0] if single else features
+
+
+@lru_cache(maxsize=8)
+def _hann_window(device: torch.device) -> torch.Tensor:
+    """The periodic Hann window of N_FFT samples Whisper's STFT uses, (N_FFT,) float32, built once per device."""
+    return torch.hann_window(N_FFT, periodic=True, device=device)
 
 
 @lru_cache(maxsize=8)
