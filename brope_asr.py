@@ -106,12 +106,17 @@ __all__ = [
     "token_scores",
     "transcribe",
     "transcribe_file",
+    "file_windows",
+    "release_freed_memory",
+    "keep_freed_memory",
     "speech_windows",
     "window_seconds",
     "join_windows",
     "BRoPEASRFeatureExtractor",
     "BRoPEASRProcessor",
     "SpeechRecognitionPipeline",
+    "duration_token_limits",
+    "DurationLimit",
 ]
 
 SAMPLE_RATE = 16000  # Hz, Whisper's rate; every clip is resampled to it
@@ -1992,9 +1997,10 @@ def keep_freed_memory() -> bool:
     freed, to at most 32 MiB) a mapping of its own, unmapped when freed, and hands the heap's free
     top back once it passes the trim threshold (twice the mmap threshold). A training step frees and
     allocates the same large tensors every time, so each step faults them in again, page by page,
-    each page zeroed by the kernel: 106,000 page faults in a base training step, 4,500 in a small one
-    (bench row 1's). With mmap off for large blocks and the trim threshold at its maximum, a step
-    takes almost none and runs faster (README, Performance). `train_hf.py` and the benchmark call this
+    each page zeroed by the kernel: 115,956 page faults in a base training step of a fresh process,
+    2,350 in a small one (bench row 1's). With mmap off for large blocks and the trim threshold at
+    its maximum, 543 and 163, and the steps run 1.12x and 1.06x as fast (README, Performance; the
+    default run, whose tensors are small, is not faster). `train_hf.py` and the benchmark call this
     once at the start; the process then holds its peak heap, which `release_freed_memory` still
     hands back on demand. Process-wide, so the library never calls it itself.
 
