@@ -7,21 +7,16 @@ rotation of q and k with angle gradients (at given shifted positions) and the be
 """
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from brope_asr import BetweennessShift, BRoPEASRConfig, Rotation, keep_freed_memory, rope_frequencies, rotary_angles  # noqa: E402
 from tools.bench_brope_asr import ROPE_HEAD_DIM, ROPE_HEADS, brope, rope  # noqa: E402
+from waveform_layers import clock  # noqa: E402
 
-
-def clock(fn, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
 
 
 def main():

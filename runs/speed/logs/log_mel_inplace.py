@@ -7,7 +7,6 @@ product on), interleaved in one process, 21 pairs of 200 calls, 2 threads: one 3
 import statistics
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -15,7 +14,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import brope_asr  # noqa: E402
+from waveform_layers import clock  # noqa: E402
 
 
 def module_at(commit: str) -> types.ModuleType:
@@ -27,12 +28,6 @@ def module_at(commit: str) -> types.ModuleType:
     return module
 
 
-def clock(fn, calls: int = 200) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
 
 def main():
     torch.set_num_threads(2)
@@ -41,8 +36,8 @@ def main():
     for name, audio in (("one 3-s clip", 0.1 * torch.randn(48000)), ("batch of 8 3-s clips", 0.1 * torch.randn(8, 48000))):
         old, new = (lambda: before.log_mel_spectrogram(audio)), (lambda: brope_asr.log_mel_spectrogram(audio))
         difference = (old() - new()).abs().max().item()
-        clock(old), clock(new)
-        pairs = [(clock(old), clock(new)) for _ in range(21)]
+        clock(old, 200), clock(new, 200)
+        pairs = [(clock(old, 200), clock(new, 200)) for _ in range(21)]
         ratios = [a / b for a, b in pairs]
         quartiles = statistics.quantiles(ratios, n=4)
         print(f"{name}: before {1e6 * statistics.median(a for a, _ in pairs):.0f} us, now {1e6 * statistics.median(b for _, b in pairs):.0f} us, "
