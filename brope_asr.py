@@ -983,7 +983,7 @@ def log_mel_spectrogram(
     stft = stft[..., : n_samples // HOP_LENGTH]  # Whisper drops the last centred frame
     power = stft.real.square().addcmul_(stft.imag, stft.imag)  # |z|^2 without abs()'s square root
     # In place from here on: one clip's log-mel is a few hundred microseconds, so each new tensor counts.
-    log_spec = (_mel_filters(n_mels, sampling_rate).to(power.device) @ power).clamp_(min=1e-10).log10_()
+    log_spec = (_mel_filters(n_mels, sampling_rate, power.device) @ power).clamp_(min=1e-10).log10_()
 
     valid = None if whole else lengths_to_mask(lengths // HOP_LENGTH, log_spec.shape[-1])[:, None, :]  # (B, 1, T)
     peak = (log_spec if whole else log_spec.masked_fill(~valid, -torch.inf)).amax(dim=(1, 2), keepdim=True)
@@ -995,14 +995,21 @@ def log_mel_spectrogram(
 
 @lru_cache(maxsize=8)
 def _hann_window(device: torch.device) -> torch.Tensor:
-    """The periodic Hann window of N_FFT samples Whisper's STFT uses, (N_FFT,) float32, built once per device."""
-    return torch.hann_window(N_FFT, periodic=True, device=device)
+    """The periodic Hann window of N_FFT samples Whisper's STFT uses, (N_FFT,) float32, built once per device.
+
+    Built outside inference mode even when first asked for inside it, so a later call whose audio needs
+    gradients can save it for backward.
+    """
+    with torch.inference_mode(False):
+        return torch.hann_window(N_FFT, periodic=True, device=device)
 
 
 @lru_cache(maxsize=8)
-def _mel_filters(n_mels: int, sampling_rate: int) -> torch.Tensor:
-    """`mel_filterbank` transposed, (M, n_fft // 2 + 1) float32, built once per size: log-mel runs per clip."""
-    return mel_filterbank(n_mels, sampling_rate).T.float().contiguous()
+def _mel_filters(n_mels: int, sampling_rate: int, device: torch.device) -> torch.Tensor:
+    """`mel_filterbank` transposed, (M, n_fft // 2 + 1) float32, built once per size and device: log-mel runs per
+    clip. Outside inference mode, as `_hann_window` is."""
+    with torch.inference_mode(False):
+        return mel_filterbank(n_mels, sampling_rate).T.float().contiguous().to(device)
 
 
 def resample_kernel(orig_sr: int, target_sr: int) -> tuple[torch.Tensor, int, int, int]:
@@ -1987,15 +1994,12 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
-
-
 def keep_freed_memory() -> bool:
     """Have glibc keep freed memory for the next allocation instead of handing it back to the system.
 
     By default glibc gives each block above its mmap threshold (128 KiB, raised as such blocks are
     freed, to at most 32 MiB) a mapping of its own, unmapped when freed, and hands the heap's free
-    top back once it passes the trim threshold (twice the mmap threshold). A training step frees and
+    top back once it passes the trim threshold (128 KiB, then twice the raised mmap threshold). A training step frees and
     allocates the same large tensors every time, so each step faults them in again, page by page,
     each page zeroed by the kernel: 115,956 page faults in a base training step of a fresh process,
     2,350 in a small one (bench row 1's). With mmap off for large blocks and the trim threshold at
@@ -2007,8 +2011,9 @@ def keep_freed_memory() -> bool:
     Returns:
         True where it took effect (glibc), False elsewhere.
     """
+    m_trim_threshold, m_mmap_max, int_max = -1, -4, 2**31 - 1  # glibc's malloc.h; mallopt takes a C int
     libc = _glibc()
-    return libc is not None and bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+    return libc is not None and bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, int_max))
 
 
 def transcribe_file(

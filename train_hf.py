@@ -1734,14 +1734,14 @@ def run_as_script(argv=None) -> None:
     """`main` as the command line runs it: a bad flag or input ends the process with its message, not a traceback.
 
     The process keeps freed memory for reuse (`keep_freed_memory`, glibc only): a training step frees and allocates
-    the same large tensors every time, and glibc's default faults them in again page by page.
+    the same large tensors every time, and glibc's default faults them in again page by page (README, Performance).
 
     A process launched by torchrun or accelerate ends with os._exit(0) once everything is saved and printed. Letting the
     interpreter finalize frees tensors that gloo's threads still hold and aborts about 1 run in 36 on CPU ("terminate
     called without an active exception", pytorch/pytorch#190489); destroy_process_group() first now and then hangs
     instead (#75097). README, Several GPUs or processes.
     """
-    keep_freed_memory()  # glibc keeps a step's freed tensors for the next instead of faulting them in again (README, Performance)
+    keep_freed_memory()
     try:
         main(argv)
     except (ValueError, NonFiniteLossError) as error:
