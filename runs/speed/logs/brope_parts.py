@@ -18,7 +18,6 @@ from tools.bench_brope_asr import ROPE_HEAD_DIM, ROPE_HEADS, brope, rope  # noqa
 from waveform_layers import clock  # noqa: E402
 
 
-
 def main():
     if "--default-malloc" not in sys.argv:
         keep_freed_memory()

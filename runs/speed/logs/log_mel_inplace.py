@@ -28,7 +28,6 @@ def module_at(commit: str) -> types.ModuleType:
     return module
 
 
-
 def main():
     torch.set_num_threads(2)
     before = module_at("c6a4344")
