@@ -1006,8 +1006,10 @@ def _hann_window(device: torch.device) -> torch.Tensor:
 
 @lru_cache(maxsize=8)
 def _mel_filters(n_mels: int, sampling_rate: int, device: torch.device) -> torch.Tensor:
-    """`mel_filterbank` transposed, (M, n_fft // 2 + 1) float32, built once per size and device: log-mel runs per
-    clip. Outside inference mode, as `_hann_window` is."""
+    """`mel_filterbank` transposed, (M, n_fft // 2 + 1) float32, built once per size and device (log-mel runs per clip).
+
+    Built outside inference mode, as `_hann_window` is.
+    """
     with torch.inference_mode(False):
         return mel_filterbank(n_mels, sampling_rate).T.float().contiguous().to(device)
 
@@ -1999,9 +2001,9 @@ def keep_freed_memory() -> bool:
 
     By default glibc gives each block above its mmap threshold (128 KiB, raised as such blocks are
     freed, to at most 32 MiB) a mapping of its own, unmapped when freed, and hands the heap's free
-    top back once it passes the trim threshold (128 KiB, then twice the raised mmap threshold). A training step frees and
-    allocates the same large tensors every time, so each step faults them in again, page by page,
-    each page zeroed by the kernel: 115,956 page faults in a base training step of a fresh process,
+    top back once it passes the trim threshold (128 KiB, then twice the raised mmap threshold). A
+    training step frees and allocates the same large tensors every time, so each step faults them in
+    again, page by page, each page zeroed by the kernel: 115,956 page faults in a base training step of a fresh process,
     2,350 in a small one (bench row 1's). With mmap off for large blocks and the trim threshold at
     its maximum, 543 and 163, and the steps run 1.12x and 1.06x as fast (README, Performance; the
     default run, whose tensors are small, is not faster). `train_hf.py` and the benchmark call this
