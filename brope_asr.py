@@ -2003,10 +2003,10 @@ def keep_freed_memory() -> bool:
     freed, to at most 32 MiB) a mapping of its own, unmapped when freed, and hands the heap's free
     top back once it passes the trim threshold (128 KiB, then twice the raised mmap threshold). A
     training step frees and allocates the same large tensors every time, so each step faults them in
-    again, page by page, each page zeroed by the kernel: 115,956 page faults in a base training step of a fresh process,
-    2,350 in a small one (bench row 1's). With mmap off for large blocks and the trim threshold at
-    its maximum, 543 and 163, and the steps run 1.12x and 1.06x as fast (README, Performance; the
-    default run, whose tensors are small, is not faster). `train_hf.py` and the benchmark call this
+    again, page by page, each page zeroed by the kernel: 115,956 page faults in a base training step
+    of a fresh process, 2,350 in a small one (bench row 1's). With mmap off for large blocks and the
+    trim threshold at its maximum, 543 and 163, and the steps run 1.12x and 1.06x as fast (README,
+    Performance; the default run, whose tensors are small, is not faster). `train_hf.py` and the benchmark call this
     once at the start; the process then holds its peak heap, which `release_freed_memory` still
     hands back on demand. Process-wide, so the library never calls it itself.
 

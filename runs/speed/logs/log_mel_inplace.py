@@ -5,9 +5,7 @@ product on), interleaved in one process, 21 pairs of 200 calls, 2 threads: one 3
     python runs/speed/logs/log_mel_inplace.py
 """
 import statistics
-import subprocess
 import sys
-import types
 from pathlib import Path
 
 import torch
@@ -16,16 +14,8 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import brope_asr  # noqa: E402
+from rotation_halves import module_at  # noqa: E402
 from waveform_layers import clock  # noqa: E402
-
-
-def module_at(commit: str) -> types.ModuleType:
-    """brope_asr.py as it was at `commit`, loaded as its own module."""
-    source = subprocess.run(["git", "show", f"{commit}:brope_asr.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    module = types.ModuleType(f"brope_asr_{commit}")
-    module.__file__ = str(ROOT / "brope_asr.py")
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    return module
 
 
 def main():

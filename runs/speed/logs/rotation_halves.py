@@ -4,35 +4,31 @@
     python runs/speed/logs/rotation_halves.py > runs/speed/logs/rotation_halves.txt
 """
 import statistics
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from brope_asr import Rotation, rotary_angles, rope_frequencies, rotate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT))
+from brope_asr import Rotation, rotary_angles, rope_frequencies  # noqa: E402
 
 
-class CatRotation(torch.autograd.Function):  # brope_asr.Rotation as it was before a73444c
-    @staticmethod
-    def forward(ctx, x, angles):
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-        y = rotate(x, cos, sin)
-        ctx.save_for_backward(y if ctx.needs_input_grad[1] else None, cos, sin)
-        ctx.angles_shape, ctx.angles_dtype = angles.shape, angles.dtype
-        return y
+def module_at(commit: str) -> types.ModuleType:
+    """brope_asr.py as it was at `commit`, loaded as its own module (the "before" of a comparison)."""
+    source = subprocess.run(["git", "show", f"{commit}:brope_asr.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    module = types.ModuleType(f"brope_asr_{commit}")
+    module.__file__ = str(ROOT / "brope_asr.py")
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
 
-    @staticmethod
-    def backward(ctx, grad_y):
-        y, cos, sin = ctx.saved_tensors
-        g1, g2 = grad_y.chunk(2, dim=-1)
-        grad_x = torch.cat((g1 * cos + g2 * sin, g2 * cos - g1 * sin), dim=-1) if ctx.needs_input_grad[0] else None
-        grad_angles = None
-        if ctx.needs_input_grad[1]:
-            y1, y2 = y.chunk(2, dim=-1)
-            grad_angles = (y1 * g2 - y2 * g1).sum_to_size(ctx.angles_shape).to(ctx.angles_dtype)
-        return grad_x, grad_angles
+
+def cat_rotation() -> type[torch.autograd.Function]:
+    """brope_asr.Rotation as it was before a73444c: `rotate`'s torch.cat of the halves, forward and backward."""
+    return module_at("afa0666").Rotation
 
 
 def clock(fn, seconds=0.05):
@@ -45,6 +41,7 @@ def clock(fn, seconds=0.05):
 
 def main():
     torch.set_num_threads(2)
+    old_rotation = cat_rotation()
     # (8, 4, 150, 128) twice: contiguous, and as the model's queries and keys are, a (B, S, H, Dh) projection seen
     # as (B, H, S, Dh) ("transposed").
     for shape, transposed in [((1, 4, 128, 128), False), ((8, 4, 75, 32), False), ((8, 4, 150, 128), False),
@@ -57,7 +54,7 @@ def main():
             q, k = leaves = [torch.randn(*shape, requires_grad=True) for _ in range(2)]
         plain = rotary_angles(torch.arange(shape[2]), rope_frequencies(shape[-1], 10000.0))
         shifted = (plain + torch.rand(1, 1, shape[2], 1)).requires_grad_()  # one shift per token, as bRoPE's
-        old = torch.autograd.grad((CatRotation.apply(q, shifted) * q.detach()).sum(), [leaves[0], shifted])
+        old = torch.autograd.grad((old_rotation.apply(q, shifted) * q.detach()).sum(), [leaves[0], shifted])
         new = torch.autograd.grad((Rotation.apply(q, shifted) * q.detach()).sum(), [leaves[0], shifted])
         difference = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(old, new))
         for label, angles in (("plain", plain), ("shifted", shifted)):
@@ -66,7 +63,7 @@ def main():
             def call(cls, angles=angles, wrt=wrt):
                 return lambda: torch.autograd.grad((cls.apply(q, angles).sum() + cls.apply(k, angles).sum()), wrt)
 
-            old_call, new_call = call(CatRotation), call(Rotation)
+            old_call, new_call = call(old_rotation), call(Rotation)
             for _ in range(10):
                 old_call(), new_call()
             old_times, new_times = [], []

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import brope_asr  # noqa: E402
-from rotation_halves import CatRotation  # noqa: E402
+from rotation_halves import cat_rotation  # noqa: E402
 from tools.bench_brope_asr import ours_model, random_clips, random_labels, training_step  # noqa: E402
 
 
@@ -58,7 +58,7 @@ def spread(ratios: list[float], pairs: int) -> str:
 def main():
     torch.set_num_threads(2)
     preset, options = sys.argv[1], ast.literal_eval(sys.argv[2]) if len(sys.argv) > 2 else {}
-    old, new, ratios, pairs = swapped_step(preset, options, "Rotation", CatRotation, brope_asr.Rotation)
+    old, new, ratios, pairs = swapped_step(preset, options, "Rotation", cat_rotation(), brope_asr.Rotation)
     print(f"{preset} {options}: cat {old * 1e3:.1f} ms, in place {new * 1e3:.1f} ms, {spread(ratios, pairs)}")
 
 
