@@ -1473,10 +1473,21 @@ class Decoder(nn.Module):
                 f"decoder sequence of {past + input_ids.shape[1]} tokens exceeds "
                 f"max_target_positions={self.max_target_positions}"
             )
-        h = self.dropout(self.embed_tokens(input_ids))
+        h = self.dropout(self.embed(input_ids))  # (B, S, D)
         for layer in self.layers:
             h = layer(h, audio, audio_mask, cache)
         return self.norm(h)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, S) token ids -> (B, S, D) embeddings, whose gradient is sparse when the batch reads fewer rows than V.
+
+        The table is also the output projection (tied), whose gradient is dense, so autograd adds the two
+        in place, dense += sparse: the embedding's backward writes the rows read instead of zero-filling
+        a (V, D) tensor and adding it whole, which took 5% of a CPU training step at base's V = 51,865
+        (README, Performance). The parameter's gradient stays dense, as every optimizer expects.
+        """
+        weight = self.embed_tokens.weight  # (V, D)
+        return F.embedding(input_ids, weight, sparse=input_ids.numel() < weight.shape[0])
 
 
 # ------------------------------------------------------------------------------- the Hugging Face model
@@ -1503,17 +1514,18 @@ class DurationLimit(LogitsProcessor):
     """
 
     def __init__(self, limits: torch.Tensor, eos_token_id: int):
-        self.limits, self.eos_token_id = limits, eos_token_id  # (B,) int64 from duration_token_limits
+        # (B,) int64 from duration_token_limits, kept on the CPU: a step's test then reads nothing from a GPU.
+        self.limits, self.eos_token_id = limits.cpu(), eos_token_id
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         """input_ids (B x beams, S) with the decoder start token first; scores (B x beams, V)."""
-        limits = self.limits.to(input_ids.device).repeat_interleave(input_ids.shape[0] // len(self.limits))
+        limits = self.limits.repeat_interleave(input_ids.shape[0] // len(self.limits))  # (B x beams,)
         full = input_ids.shape[1] - 1 >= limits - 1  # (B x beams,) only eos is left to write
         if not bool(full.any()):  # most steps: no row is at its limit, so no pass over the (B x beams, V) scores
             return scores
         forced = torch.full_like(scores, -torch.inf)
         forced[:, self.eos_token_id] = 0.0
-        return torch.where(full[:, None], forced, scores)
+        return torch.where(full.to(scores.device)[:, None], forced, scores)
 
 
 def _shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
