@@ -1195,7 +1195,10 @@ def conv_frames(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     if not conv.groups == conv.in_channels == conv.out_channels:
         raise ValueError(f"conv_frames takes groups 1 or depthwise, got groups={conv.groups} for {conv.in_channels} channels")
     kernel = conv.weight[:, 0]  # (C, k)
-    return sum(tap * kernel[:, i] for i, tap in enumerate(taps)) + conv.bias  # (B, T_out, C)
+    out = torch.addcmul(conv.bias, taps[0], kernel[:, 0])  # (B, T_out, C): one pass per tap, one new tensor
+    for i in range(1, k):
+        out.addcmul_(taps[i], kernel[:, i])
+    return out
 
 
 def _key_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
@@ -1473,21 +1476,10 @@ class Decoder(nn.Module):
                 f"decoder sequence of {past + input_ids.shape[1]} tokens exceeds "
                 f"max_target_positions={self.max_target_positions}"
             )
-        h = self.dropout(self.embed(input_ids))  # (B, S, D)
+        h = self.dropout(self.embed_tokens(input_ids))
         for layer in self.layers:
             h = layer(h, audio, audio_mask, cache)
         return self.norm(h)
-
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, S) token ids -> (B, S, D) embeddings, whose gradient is sparse when the batch reads fewer rows than V.
-
-        The table is also the output projection (tied), whose gradient is dense, so autograd adds the two
-        in place, dense += sparse: the embedding's backward writes the rows read instead of zero-filling
-        a (V, D) tensor and adding it whole, which took 5% of a CPU training step at base's V = 51,865
-        (README, Performance). The parameter's gradient stays dense, as every optimizer expects.
-        """
-        weight = self.embed_tokens.weight  # (V, D)
-        return F.embedding(input_ids, weight, sparse=input_ids.numel() < weight.shape[0])
 
 
 # ------------------------------------------------------------------------------- the Hugging Face model

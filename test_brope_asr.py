@@ -1054,33 +1054,6 @@ def test_every_parameter_receives_gradient(input_mode):
         assert parameter.grad is not None and bool((parameter.grad != 0).any()), name
 
 
-@pytest.mark.parametrize("vocab_size, sparse", [(VOCAB, False), (500, True)])
-def test_the_embedding_gradient_is_dense_and_equals_the_dense_embeddings(monkeypatch, vocab_size, sparse):
-    # A batch reading fewer rows than the table has takes the sparse embedding gradient; the tied output
-    # projection's dense gradient absorbs it, so the parameter's gradient is dense and unchanged.
-    torch.manual_seed(0)
-    model = tiny_model(vocab_size=vocab_size).train()
-    inputs, labels = audio_inputs(model.config, 3000, 2200), decoder_ids(2, 10)  # 20 ids: more than VOCAB, fewer than 500
-    embedding, taken = F.embedding, []
-
-    def recorded(*args, sparse=False, **kwargs):
-        taken.append(sparse)
-        return embedding(*args, sparse=sparse, **kwargs)
-
-    def gradient():
-        model.zero_grad(set_to_none=True)
-        model(**inputs, labels=labels).loss.backward()
-        return model.decoder.embed_tokens.weight.grad
-
-    monkeypatch.setattr(F, "embedding", recorded)
-    ours = gradient()
-    monkeypatch.setattr(F, "embedding", lambda *args, sparse=False, **kwargs: embedding(*args, **kwargs))
-    dense = gradient()
-    assert taken == [sparse]
-    assert ours.layout == torch.strided
-    torch.testing.assert_close(ours, dense, rtol=1e-5, atol=1e-6)
-
-
 def test_initialization_report_counts_modules_by_rule(capsys):
     torch.manual_seed(0)
     model = tiny_model(**ALL_FEATURES)

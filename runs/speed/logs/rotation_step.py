@@ -26,9 +26,8 @@ class CPU:
         return contextlib.nullcontext()
 
 
-def swapped_step(preset: str, options: dict, name: str, old, new, owner=brope_asr) -> tuple[float, float, list[float], int]:
-    """A training step of bench row 1's model with owner.<name> (brope_asr.<name> by default) set to `old` and to
-    `new`, interleaved.
+def swapped_step(preset: str, options: dict, name: str, old, new) -> tuple[float, float, list[float], int]:
+    """A training step of bench row 1's model with brope_asr.<name> set to `old` and to `new`, interleaved.
 
     Returns: (median old seconds, median new seconds, old / new ratio of each pair, pairs).
     """
@@ -37,7 +36,7 @@ def swapped_step(preset: str, options: dict, name: str, old, new, owner=brope_as
     step = training_step(model, inputs, CPU())
 
     def seconds(value, steps):
-        setattr(owner, name, value)
+        setattr(brope_asr, name, value)
         start = time.perf_counter()
         for _ in range(steps):
             step()
