@@ -2558,6 +2558,21 @@ def test_benchmark_rows_option_measures_only_the_rows_asked_for():
     assert all(row.ratio > 0 for row in rows)
 
 
+@pytest.mark.parametrize("ratio, target, text, met", [
+    (0.998, 1.0, "0.998", "**no**"),  # a miss never reads as its target
+    (0.4996, 0.5, "0.4996", "**no**"),
+    (1.004, 1.0, "1.00", "yes"),
+    (0.9949, 1.0, "0.99", "**no**"),
+    (0.8512, None, "0.85", ""),
+])
+def test_a_bench_ratio_shows_the_digits_that_tell_a_miss_from_its_target(ratio, target, text, met):
+    from tools import bench_brope_asr as bench
+
+    row = bench.Row(1, "row", "ours", "anchor", ratio, target)
+    assert (row.ratio_text(), row.met()) == (text, met)
+    assert f"| {text} |" in bench.render([row], [])
+
+
 def test_padding_report_gives_a_share_for_every_batching_with_and_without_joined_words(tmp_path):
     from tools import bench_brope_asr as bench
 

@@ -262,6 +262,16 @@ class Row:
             return ""
         return "yes" if self.ratio >= self.target else "**no**"
 
+    def ratio_text(self) -> str:
+        """The ratio to 2 decimals, or to as many more as it takes for a miss not to read as its target
+        ("0.998" against 1, not "1.00"); '' where there is no ratio."""
+        if self.ratio is None:
+            return ""
+        digits = 2
+        while self.target is not None and digits < 6 and (round(self.ratio, digits) >= self.target) != (self.ratio >= self.target):
+            digits += 1
+        return f"{self.ratio:.{digits}f}"
+
 
 def seconds_text(timing: Timing, repeats: int) -> str:
     """'12.3 ms', with the sample count when a slow call got fewer than `repeats`."""
@@ -908,10 +918,9 @@ def render(rows: list[Row], header: list[str]) -> str:
         "|---|---|---|---|--:|--:|---|--:|",
     ]
     for row in rows:
-        ratio = "" if row.ratio is None else f"{row.ratio:.2f}"
         target = "" if row.target is None else f"≥ {row.target:g}"
         lines.append(
-            f"| {row.section} | {row.name} | {row.ours} | {row.anchor} | {ratio} | {target} | {row.met()} | {row.gpu} |"
+            f"| {row.section} | {row.name} | {row.ours} | {row.anchor} | {row.ratio_text()} | {target} | {row.met()} | {row.gpu} |"
         )
     return "\n".join(lines) + "\n"
 
