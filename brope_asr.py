@@ -202,8 +202,8 @@ class BRoPEASRConfig(PreTrainedConfig):
         """
         presets = {
             # 25 encoder frames/s: 1.5x the training steps per second at equal WER; 448 decoder positions
-            # (as Whisper; RoPE has no position table) so a window of 8.9 s at 50 tokens/s fits any clip of
-            # data/; per-clip mean removal: a real voice held out of training went from 55% to 37% WER;
+            # (as Whisper; RoPE has no position table): a window of 6.6 s at the 68 tokens/s train_hf.py
+            # sets for data/; per-clip mean removal: a real voice held out of training went from 55% to 37% WER;
             # absolute encoder positions: validation WER 8.47% -> 4.12% (cross-attention finds its place);
             # the telephone band only: unseen espeak-ng voices of validation 7.22/5.70% -> 3.80/4.18%;
             # a 50 dB floor: a real voice held out of training 35.3% -> 27.5% over 3 seeds; dropout 0.1 at
