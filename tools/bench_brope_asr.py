@@ -1216,7 +1216,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             gpu_row = by_name.get(row.name)
             if gpu_row is not None:
-                row.gpu = "skipped" if gpu_row.ratio is None else f"{gpu_row.ratio:.2f}"
+                row.gpu = "skipped" if gpu_row.ratio is None else gpu_row.ratio_text()
     header = [
         f"# brope-asr benchmark{' (--quick: tiny sizes, speed not meaningful)' if args.quick else ''}",
         "",
