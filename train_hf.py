@@ -349,8 +349,8 @@ class ClipReader:
 
     The dataset holds audio as it came (a path or the encoded bytes) and nothing decoded is written
     to disk. Decoded clips are kept while their float32 samples total at most `cache_megabytes`, so
-    a corpus that fits (the embedded one's training and validation splits are about 370 MiB decoded) is decoded once and a larger one
-    is decoded again every epoch, in bounded memory. A row that cannot be decoded is, with
+    a corpus that fits (the embedded one's training and validation splits are about 370 MiB
+    decoded) is decoded once and a larger one is decoded again every epoch, in bounded memory. A row that cannot be decoded is, with
     `skip_bad`, left out of its batch with a warning naming it and counted in `skipped`, once per
     row; otherwise its ValueError stops the run.
     """
