@@ -2540,7 +2540,7 @@ def test_benchmark_quick_run_prints_one_table_with_every_row():
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| # | row |")
-    assert {line.split("|")[1].strip() for line in table[2:]} == {"1", "2", "3", "4", "5", "6"}
+    assert {line.split("|")[1].strip() for line in table[2:]} == {"1", "2", "3", "4", "5", "6", "7"}
     assert ("malloc: keep_freed_memory, as train_hf.py" in result.stdout) == (brope_asr._glibc() is not None)
     # Every option adds model FLOPs, and all of them together add the most: off / on below 1, lowest for all.
     flops = {line.split("|")[2].split(": ")[1].split(" vs off")[0]: float(line.split("|")[5])
@@ -2548,6 +2548,17 @@ def test_benchmark_quick_run_prints_one_table_with_every_row():
     assert set(flops) == {"all options on", "input both", "bRoPE", "blended attention"}
     assert all(0 < ratio < 1 for ratio in flops.values()) and flops["all options on"] == min(flops.values())
     assert any("model FLOPs per step" in line and "Whisper cut to 3 s" in line and float(line.split("|")[5]) > 0 for line in table)
+
+
+@pytest.mark.parametrize("first, eager, compiled, steps", [
+    (10.0, 0.05, 0.04, 995.0),  # 9.95 s more than an eager step, 10 ms saved by each later one
+    (10.0, 0.05, 0.05, math.inf),  # no faster: never
+    (10.0, 0.05, 0.06, math.inf),  # slower: never
+])
+def test_compile_pays_back_after_its_extra_first_step_over_the_time_each_later_step_saves(first, eager, compiled, steps):
+    from tools import bench_brope_asr as bench
+
+    assert bench.payback_steps(first, eager, compiled) == pytest.approx(steps)
 
 
 def test_benchmark_rows_option_measures_only_the_rows_asked_for():

@@ -20,14 +20,17 @@ the machine that ran them even where the absolute numbers do not carry over. The
 6. Blended attention forward+backward at each preset's encoder self-attention shape, against plain
    scaled dot product, against the same blend as one 2 Dh-wide product through
    `scaled_dot_product_attention` (its unfused path) and with v padded onto torch's fused kernel.
+7. `torch.compile` as `train_hf.py --compile` applies it: the small preset's training step compiled
+   against eager in steady state, and the compile's cost (the first step, from an empty inductor
+   cache) with the number of steps after which it pays back.
 
 The process first calls `keep_freed_memory`, as `train_hf.py` does, so glibc keeps freed blocks
 for reuse instead of faulting them in again at every step (both sides of every ratio run in this
 one process); `--default-malloc` leaves glibc's malloc as it is.
 
 With `--device cuda`, a GPU column: the same rows on CUDA with bf16 autocast. `--rows 2,3,6` measures
-only those rows (1 and 5 come from the same training steps). Rows 1, 2, 3, 4 (against plain RoPE)
-and 6 are timed as interleaved pairs: ours and the anchor back to back, the ratio the median of the
+only those rows (1 and 5 come from the same training steps). Rows 1, 2, 3, 4 (against plain RoPE),
+6 and 7 are timed as interleaved pairs: ours and the anchor back to back, the ratio the median of the
 pairwise ratios.
 
 `--long-audio RUN_DIR` measures something else, on a trained model: recordings of 1, 5 and 20
@@ -52,12 +55,14 @@ References (as in brope_asr.py): [2] Radford et al., Whisper, arXiv:2212.04356.
 """
 
 import argparse
+import contextlib
 import csv
 import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import weakref
 from collections import Counter
@@ -303,6 +308,7 @@ class Sizes:
     new_tokens: int  # tokens `generate` writes, forced so an untrained model's early eos cannot cut it short
     rope_lengths: tuple[int, ...]
     matmul_size: int
+    compile_backend: str  # row 7's torch.compile backend
 
 
 FULL = Sizes(
@@ -312,6 +318,7 @@ FULL = Sizes(
     new_tokens=20,
     rope_lengths=(128, 512, 1500, 3000),
     matmul_size=2048,
+    compile_backend="inductor",  # what train_hf.py --compile gets: transformers' default
 )
 QUICK = Sizes(
     presets={
@@ -330,6 +337,7 @@ QUICK = Sizes(
     new_tokens=4,
     rope_lengths=(64, 128),
     matmul_size=256,
+    compile_backend="aot_eager",  # traces forward and backward as inductor does, without generating code: seconds
 )
 
 
@@ -470,12 +478,17 @@ def whisper_model(
     return model, on_device(inputs, runner.device)
 
 
+def step_speed(timing: Timing, batch: int, repeats: int) -> str:
+    """'131.52 utt/s (60.8 ms/step)' for a training step on `batch` clips."""
+    return f"{batch / timing.seconds:.2f} utt/s ({seconds_text(timing, repeats)}/step)"
+
+
 def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
     """Row 1 and row 5 (FLOP utilization) at every preset."""
     rows, batch, repeats = [], sizes.batch, runner.repeats
 
     def speed(timing: Timing) -> str:
-        return f"{batch / timing.seconds:.2f} utt/s ({seconds_text(timing, repeats)}/step)"
+        return step_speed(timing, batch, repeats)
 
     for label, preset in sizes.presets.items():
         progress(f"{runner.label}: training steps at {label}")
@@ -892,12 +905,78 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# ----------------------------------------------------------------------------------------- 7 compile
+
+
+@contextlib.contextmanager
+def empty_inductor_cache():
+    """Inside the block, inductor caches what it compiles in a new empty folder, deleted after: a first run's compile."""
+    before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = before
+
+
+def payback_steps(first_seconds: float, eager_seconds: float, compiled_seconds: float) -> float:
+    """Steps after which a compiled run has caught up with an eager one: the first compiled step's extra time over
+    an eager step, over the time each later step saves; inf when a compiled step saves nothing."""
+    saved = eager_seconds - compiled_seconds
+    return (first_seconds - eager_seconds) / saved if saved > 0 else math.inf
+
+
+def compile_rows(runner: Runner, sizes: Sizes) -> list[Row]:
+    """Row 7: the first preset's training step compiled as `train_hf.py --compile` compiles it, against eager.
+
+    transformers' Trainer (through accelerate) hands the model to `torch.compile` with its default backend,
+    inductor, and default mode; the optimizer stays eager, as here. The first compiled step pays for the
+    compile from an empty inductor cache, as a first run does (later runs reuse the cache); the steady
+    state is timed in interleaved pairs. Every batch here has one shape, compile's best case: the default
+    run's batches each have their own lengths, and dynamo compiles again for new ones (README, Performance).
+    """
+    import train_hf  # for its default number of steps; imported here, as it loads `datasets`
+
+    label, preset = next(iter(sizes.presets.items()))
+    progress(f"{runner.label}: torch.compile ({sizes.compile_backend}) at {label}")
+    config = BRoPEASRConfig.from_preset(**preset)
+    clips, labels = random_clips(sizes.batch, CLIP_SECONDS), random_labels(sizes.batch, config)
+    eager_model, inputs = ours_model(preset, {}, clips, labels, runner)
+    compiled_model, _ = ours_model(preset, {}, clips, labels, runner)
+    eager = training_step(eager_model, inputs, runner)
+    with empty_inductor_cache():
+        torch._dynamo.reset()  # nothing compiled earlier in this process is reused
+        compiled = training_step(torch.compile(compiled_model, backend=sizes.compile_backend), inputs, runner)
+        start = time.perf_counter()
+        compiled()
+        runner.sync()
+        first = time.perf_counter() - start
+        ratio, compiled_timing, eager_timing = runner.paired(compiled, eager, pairs=None)
+    payback = payback_steps(first, eager_timing.seconds, compiled_timing.seconds)
+    default_steps = train_hf.DEFAULT_MAX_STEPS
+    backend = f"torch.compile ({sizes.compile_backend}{', as train_hf.py --compile' if sizes.compile_backend == 'inductor' else ''})"
+    return [
+        Row(7, f"train {label}, batch {sizes.batch}, 3 s: {backend} vs eager, one batch shape (ratio: median of interleaved pairs)",
+            step_speed(compiled_timing, sizes.batch, runner.repeats), step_speed(eager_timing, sizes.batch, runner.repeats), ratio),
+        Row(7, f"train {label}: the compile, the first compiled step from an empty inductor cache, and when it pays back "
+            f"at the speed-up above (ratio: the default run's steps / those)",
+            f"first step {first:.1f} s; " + ("never pays back (no faster)" if math.isinf(payback) else f"pays back after {payback:,.0f} steps"),
+            f"eager step {seconds_text(eager_timing, runner.repeats)}; the default run: {default_steps:,} steps",
+            default_steps / payback),
+    ]
+
+
 SECTIONS = {  # row numbers -> what measures them (the training step gives rows 1 and 5)
     (1, 5): training_rows,
     (2,): generate_rows,
     (3,): log_mel_rows,
     (4,): rope_rows,
     (6,): attention_rows,
+    (7,): compile_rows,
 }
 
 
@@ -1093,7 +1172,6 @@ def long_audio_report(
     """
     import json
     import subprocess
-    import tempfile
 
     import soundfile
     from transformers import PreTrainedTokenizerFast
