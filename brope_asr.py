@@ -96,7 +96,6 @@ __all__ = [
     "rotate",
     "Rotation",
     "rope_frequencies",
-    "Betweenness",
     "betweenness_score",
     "attention",
     "blended_scores",
@@ -390,62 +389,6 @@ class Rotation(torch.autograd.Function):
         return grad_x, grad_angles
 
 
-class Betweenness(torch.autograd.Function):
-    """The score d(a, c) / (d(a, b) + d(b, c)) of every triple (a, b, c) = (z[j], z[j + k], z[j + 2k]),
-    with a backward written for it (`betweenness_score` pads and masks around it).
-
-    d(a, b) and d(b, c) are the same neighbour distances at offset k, k apart, so they are computed
-    once. With g = dL/ds, total = d(a, b) + d(b, c):
-        dL/d(far) = g / total,   dL/d(near) = -g s / total, summed over the two triples a near distance is in,
-    and a distance d(u, v) = |(v - u, eps)| passes (v - u) / d times its gradient to v and minus that to u.
-    Autograd through the formula ran about forty small passes (each slice's gradient zero-filled, pow,
-    sqrt, div); this runs about fifteen, and bRoPE's forward and backward became 1.06-1.12x as fast (README,
-    Performance). No second derivatives (`once_differentiable`).
-    """
-
-    @staticmethod
-    def forward(ctx, z: torch.Tensor, offset: int, eps: float) -> torch.Tensor:
-        """Score every full triple.
-
-        Args:
-            z: (B, H, S, P) token vectors, S > 2 offset.
-            offset: k.
-            eps: the smoothing of `betweenness_score`.
-        Returns:
-            (B, H, S - 2k), the triple starting at each j.
-        """
-        k, length = offset, z.shape[-2]
-        near_diff = z[..., k:, :] - z[..., :-k, :]  # (B, H, S - k, P): b - a of every neighbour pair
-        far_diff = z[..., 2 * k :, :] - z[..., : -2 * k, :]  # (B, H, S - 2k, P): c - a
-        near = near_diff.square().sum(-1).add_(eps**2).sqrt_()  # (B, H, S - k)
-        far = far_diff.square().sum(-1).add_(eps**2).sqrt_()  # (B, H, S - 2k)
-        total = near[..., : length - 2 * k] + near[..., k:]  # d(a, b) + d(b, c)
-        score = far / total
-        ctx.save_for_backward(near_diff, far_diff, near, far, total, score)
-        ctx.offset = k
-        return score
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_score: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        """dL/dz from dL/ds (B, H, S - 2k): (B, H, S, P), and None for offset and eps."""
-        near_diff, far_diff, near, far, total, score = ctx.saved_tensors
-        k, triples = ctx.offset, score.shape[-1]
-        grad_far = grad_score / total  # (B, H, S - 2k)
-        minus_grad_total = grad_far * score
-        minus_grad_near = near.new_zeros(near.shape)  # (B, H, S - k): d(a, b) of one triple is d(b, c) of the one k before
-        minus_grad_near[..., :triples] = minus_grad_total
-        minus_grad_near[..., k:] += minus_grad_total
-        near_part = near_diff * (minus_grad_near / near)[..., None]  # -dL/d(near) (b - a) / d(a, b)
-        far_part = far_diff * (grad_far / far)[..., None]  # dL/d(far) (c - a) / d(a, c)
-        grad_z = near_diff.new_zeros(*near_diff.shape[:-2], near_diff.shape[-2] + k, near_diff.shape[-1])
-        grad_z[..., :-k, :] += near_part  # a, the pair's first member
-        grad_z[..., k:, :] -= near_part  # b
-        grad_z[..., 2 * k :, :] += far_part  # c
-        grad_z[..., : -2 * k, :] -= far_part  # a
-        return grad_z, None, None
-
-
 def betweenness_score(
     z: torch.Tensor, offset: int, causal: bool, valid: torch.Tensor | None = None, eps: float = 1e-6
 ) -> torch.Tensor:
@@ -472,7 +415,13 @@ def betweenness_score(
     k, length = offset, z.shape[-2]
     if length <= 2 * k:
         return z.new_zeros(z.shape[:-1])
-    score = Betweenness.apply(z, k, eps)  # (B, H, S - 2k), the triple starting at each j
+
+    def distance(step):  # (B, H, S - step): d(z[j], z[j + step]) for every j
+        return ((z[..., step:, :] - z[..., :-step, :]).square().sum(-1) + eps**2).sqrt()
+
+    # d(a, b) and d(b, c) are the same neighbour distances at offset k, k apart: computed once.
+    near, far = distance(k), distance(2 * k)  # (B, H, S - k), (B, H, S - 2k)
+    score = far / (near[..., : length - 2 * k] + near[..., k:])
     if valid is not None:
         complete = valid[:, : length - 2 * k] & valid[:, k : length - k] & valid[:, 2 * k :]  # no member padded
         score = score * complete[:, None, :]
