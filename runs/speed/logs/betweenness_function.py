@@ -16,7 +16,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import brope_asr  # noqa: E402
-from rotation_halves import clock, module_at  # noqa: E402
+from rotation_halves import interleaved_rounds, module_at  # noqa: E402
 from rotation_step import spread, swapped_step  # noqa: E402
 from tools.bench_brope_asr import ROPE_HEAD_DIM, ROPE_HEADS, brope, rope  # noqa: E402
 
@@ -47,13 +47,7 @@ def row_4(length: int, autograd, function):
         brope_asr.betweenness_score = autograd if name == "bRoPE autograd" else function
         grads[name] = torch.autograd.grad(sum(x.sum() for x in brope(q, k, v, shift, inv_freq)), leaves)
     difference = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(*grads.values()))
-    for fn in calls.values():
-        for _ in range(20):
-            fn()
-    times = {name: [] for name in calls}
-    for _ in range(21):
-        for name, fn in calls.items():
-            times[name].append(clock(fn))
+    times = interleaved_rounds(calls)
     line = f"S={length}: gradients differ by {difference:.1e} (relative);"
     for name, t in times.items():
         line += f" {name} {statistics.median(t) * 1e6:.0f} us"

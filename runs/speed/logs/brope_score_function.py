@@ -15,7 +15,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from brope_asr import BetweennessShift, BRoPEASRConfig, Rotation, rope_frequencies, rotary_angles  # noqa: E402
-from rotation_halves import clock  # noqa: E402
+from rotation_halves import interleaved_rounds  # noqa: E402
 from tools.bench_brope_asr import brope, rope  # noqa: E402
 
 
@@ -82,13 +82,7 @@ def main():
     calls = {"plain RoPE": train(lambda: rope(q, k, inv_freq), [q, k]),
              "bRoPE (brope_asr)": train(lambda: brope(q, k, v, shift, inv_freq), leaves),
              "bRoPE, score as one Function": train(lambda: brope_function(q, k, v, shift, inv_freq), leaves)}
-    for fn in calls.values():
-        for _ in range(20):
-            fn()
-    times = {name: [] for name in calls}
-    for _ in range(21):
-        for name, fn in calls.items():
-            times[name].append(clock(fn))
+    times = interleaved_rounds(calls)
     for name, t in times.items():
         ratio = statistics.median(a / b for a, b in zip(times["plain RoPE"], t))
         print(f"S={length} {name}: {statistics.median(t) * 1e6:.0f} us, plain RoPE / this {ratio:.3f}")

@@ -39,6 +39,19 @@ def clock(fn, seconds=0.05):
     return elapsed / calls
 
 
+def interleaved_rounds(calls: dict, rounds: int = 21, warmup: int = 20) -> dict[str, list[float]]:
+    """Seconds per call of each of `calls` (name -> fn) in every round, the calls timed one after another in each
+    round (`clock`), after `warmup` calls of each."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            times[name].append(clock(fn))
+    return times
+
+
 def main():
     torch.set_num_threads(2)
     old_rotation = cat_rotation()
