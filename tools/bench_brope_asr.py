@@ -486,10 +486,6 @@ def step_speed(timing: Timing, batch: int, repeats: int) -> str:
 def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
     """Row 1 and row 5 (FLOP utilization) at every preset."""
     rows, batch, repeats = [], sizes.batch, runner.repeats
-
-    def speed(timing: Timing) -> str:
-        return step_speed(timing, batch, repeats)
-
     for label, preset in sizes.presets.items():
         progress(f"{runner.label}: training steps at {label}")
         config = BRoPEASRConfig.from_preset(**preset)
@@ -519,7 +515,7 @@ def training_rows(runner: Runner, sizes: Sizes) -> list[Row]:
         for what, ours, anchor, target in comparisons:
             ratio, times[ours], times[anchor] = runner.paired(step[ours], step[anchor], pairs=None)
             rows.append(Row(1, f"train {label}, batch {batch}: {what} (ratio: median of interleaved pairs)",
-                            speed(times[ours]), speed(times[anchor]), ratio, target))
+                            step_speed(times[ours], batch, repeats), step_speed(times[anchor], batch, repeats), ratio, target))
         del step
         peak = matmul_rate(runner, sizes.matmul_size)
         achieved = flops["off"] / times["off"].seconds
@@ -951,10 +947,7 @@ def compile_rows(runner: Runner, sizes: Sizes) -> list[Row]:
     with empty_inductor_cache():
         torch._dynamo.reset()  # nothing compiled earlier in this process is reused
         compiled = training_step(torch.compile(compiled_model, backend=sizes.compile_backend), inputs, runner)
-        start = time.perf_counter()
-        compiled()
-        runner.sync()
-        first = time.perf_counter() - start
+        first = runner._clock(compiled, 1)  # the compile, then the step
         ratio, compiled_timing, eager_timing = runner.paired(compiled, eager, pairs=None)
     payback = payback_steps(first, eager_timing.seconds, compiled_timing.seconds)
     default_steps = train_hf.DEFAULT_MAX_STEPS
