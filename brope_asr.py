@@ -99,6 +99,8 @@ __all__ = [
     "betweenness_score",
     "attention",
     "blended_scores",
+    "rescaled_product_scores",
+    "summed_product_scores",
     "blended_query_key",
     "attention_reference",
     "word_error_rate",
@@ -125,6 +127,7 @@ HOP_LENGTH = 160  # 10 ms hop at 16 kHz: 100 mel frames per second, as Whisper
 FEATURE_VARIANCE_FLOOR = 0.05**2  # log-mel units (1 = 40 dB): a bin steadier than 2 dB over a clip is not blown up
 LOG_MEL_FLOOR_DB = 8.0  # in log10 power: an 80 dB dynamic range below the clip's peak, as Whisper
 WAVEFORM_STRIDES = (5, 4, 4, 2)  # product 160 = HOP_LENGTH, so both front ends share one frame grid
+NORM_EPS = 1e-12  # the blend's cosine divides by max(|x|, NORM_EPS), F.normalize's default: a zero (padded) vector gives 0
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -483,12 +486,12 @@ def attention(
 ) -> torch.Tensor:
     """Softmax attention on torch's `scaled_dot_product_attention`, optionally blended.
 
-    The blended similarity b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) is a sum of two products of width
-    Dh, or one product of concatenated 2 Dh vectors (`blended_query_key`). CUDA's memory-efficient
-    kernel takes that product with v narrower, fused. torch's fused CPU kernel does not (q, k and v
-    must be equally wide), so on the CPU the blend's scores are written out (`blended_scores`, masks
-    filled in place, softmax, product with v): 1.09-1.26x as fast forward and backward as the
-    concatenated form through the call's unfused path (README, Performance).
+    The blended similarity b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) is one product of concatenated 2 Dh
+    vectors (`blended_query_key`), which CUDA's memory-efficient kernel takes with v narrower, fused.
+    torch's fused CPU kernel does not (q, k and v must be equally wide), so on the CPU the blend's
+    scores are written out from products of width Dh (`blended_scores`) and `attend_to_scores` fills
+    the masks in place and takes the softmax and the product with v: faster forward and backward than
+    the concatenated form through the call's unfused path (README, Performance).
 
     Args:
         q: (B, H, Sq, Dh); k, v: (B, H, Sk, Dh).
@@ -505,9 +508,23 @@ def attention(
     if q.device.type != "cpu":
         q, k = blended_query_key(q, k, blend, temperature)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=1.0)
-    scores = blended_scores(q, k, blend, temperature)  # (B, H, Sq, Sk)
+    return attend_to_scores(blended_scores(q, k, blend, temperature), v, mask, is_causal, dropout)
+
+
+def attend_to_scores(
+    scores: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False, dropout: float = 0.0
+) -> torch.Tensor:
+    """softmax(scores + mask) v from written-out scores: masks filled in place, softmax, dropout, product with v.
+
+    Args:
+        scores: (B, H, Sq, Sk), a tensor of the caller's own (its masked entries are overwritten).
+        v: (B, H, Sk, Dh).
+        mask, is_causal, dropout: as `attention`.
+    Returns:
+        (B, H, Sq, Dh).
+    """
     if is_causal:
-        scores.masked_fill_(torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).triu(1), -math.inf)
+        scores.masked_fill_(torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1), -math.inf)
     if mask is not None:
         scores.masked_fill_(~mask, -math.inf)
     weights = scores.softmax(dim=-1)
@@ -517,10 +534,19 @@ def attention(
 
 
 def blended_scores(q: torch.Tensor, k: torch.Tensor, blend: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) of every query and key, per head [3].
+    """b tau cos(q, k) + (1 - b) q.k / sqrt(Dh) of every query and key, per head [3], in the cheaper of two exact forms.
 
-    Two products of width Dh: the score matrix has rank 2 Dh (a sum of two rank-Dh products), so no
-    narrower product computes it (tested).
+    The score matrix has rank 2 Dh, so no single dot product narrower than `blended_query_key`'s
+    2 Dh computes it (tested). Two forms compute it with products of width Dh:
+    - `rescaled_product_scores`: one product, q.k ((1 - b) / sqrt(Dh) + b tau / (|q| |k|)), since
+      cos(q, k) = q.k / (|q| |k|). For backward it keeps, beside q and k, two (Sq, Sk) matrices: q.k
+      and the rescaling, 2 Sq Sk numbers.
+    - `summed_product_scores`: b tau q/|q| . k/|k| + (1 - b) q / sqrt(Dh) . k, two products. It keeps
+      normalized and scaled copies of q and k, at least 2 (Sq + Sk) Dh numbers.
+    The rescaled form is taken where it keeps no more, Sq Sk <= (Sq + Sk) Dh (one new token: always),
+    and there it was also the faster: forward and backward 1.4-1.6x as fast at the base preset's 3-s
+    shape, Sk = 150, Dh = 128, on 2 CPU cores; at 750 positions it kept 1.3x as much and was slower
+    (README, Performance).
 
     Args:
         q: (B, H, Sq, Dh) queries; k: (B, H, Sk, Dh) keys.
@@ -528,15 +554,37 @@ def blended_scores(q: torch.Tensor, k: torch.Tensor, blend: torch.Tensor, temper
     Returns:
         (B, H, Sq, Sk) scores.
     """
+    queries, keys, width = q.shape[-2], k.shape[-2], q.shape[-1]
+    if queries * keys <= width * (queries + keys):
+        return rescaled_product_scores(q, k, blend, temperature)
+    return summed_product_scores(q, k, blend, temperature)
+
+
+def rescaled_product_scores(q: torch.Tensor, k: torch.Tensor, blend: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """`blended_scores` as one product rescaled entry by entry: q.k ((1 - b) / sqrt(Dh) + b tau / (|q| |k|)).
+
+    The rescaling is a per-head constant plus an outer product of inverse norms, clamped at NORM_EPS
+    as `F.normalize` clamps them, so a zero (padded) vector scores 0, not NaN. Args and Returns as
+    `blended_scores`.
+    """
+    b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
+    cosine_q = b * tau / q.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)  # (B, H, Sq, 1): b tau / |q|
+    cosine_k = k.norm(dim=-1).clamp_min(NORM_EPS).reciprocal()[..., None, :]  # (B, H, 1, Sk): 1 / |k|
+    rescale = torch.addcmul((1 - b) * q.shape[-1] ** -0.5, cosine_q, cosine_k)  # (B, H, Sq, Sk)
+    return (q @ k.transpose(-1, -2)) * rescale
+
+
+def summed_product_scores(q: torch.Tensor, k: torch.Tensor, blend: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """`blended_scores` as the sum of two products: b tau q/|q| . k/|k| + (1 - b) q / sqrt(Dh) . k (Args and Returns as it)."""
     cosine_q, dot_q = _blended_queries(q, blend, temperature)
-    return cosine_q @ F.normalize(k, dim=-1).transpose(-1, -2) + dot_q @ k.transpose(-1, -2)
+    return cosine_q @ F.normalize(k, dim=-1, eps=NORM_EPS).transpose(-1, -2) + dot_q @ k.transpose(-1, -2)
 
 
 def _blended_queries(q: torch.Tensor, blend: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """b tau q/|q| and (1 - b) q / sqrt(Dh), each (B, H, Sq, Dh): the queries that meet k/|k| and k in the blend."""
     b, tau = blend.view(-1, 1, 1), temperature.view(-1, 1, 1)
     # F.normalize divides by max(|x|, eps), so padded (zero) vectors give 0, not NaN.
-    return b * tau * F.normalize(q, dim=-1), q * ((1 - b) * q.shape[-1] ** -0.5)
+    return b * tau * F.normalize(q, dim=-1, eps=NORM_EPS), q * ((1 - b) * q.shape[-1] ** -0.5)
 
 
 def blended_query_key(
@@ -550,7 +598,7 @@ def blended_query_key(
     Returns:
         (B, H, Sq, 2 Dh) and (B, H, Sk, 2 Dh).
     """
-    return torch.cat(_blended_queries(q, blend, temperature), dim=-1), torch.cat((F.normalize(k, dim=-1), k), dim=-1)
+    return torch.cat(_blended_queries(q, blend, temperature), dim=-1), torch.cat((F.normalize(k, dim=-1, eps=NORM_EPS), k), dim=-1)
 
 
 def attention_reference(

@@ -416,15 +416,50 @@ def test_attention_dropout_drops_weights_and_keeps_the_expected_output(blended):
     assert_close(dropped.mean(0), kept, atol=0.05)  # kept weights scaled by 1 / (1 - p): unbiased
 
 
-def test_blended_scores_are_the_dot_product_of_the_concatenated_query_and_key():
+@pytest.mark.parametrize("form", ["blended_scores", "rescaled_product_scores", "summed_product_scores"])
+@pytest.mark.parametrize("queries", [1, 5])
+def test_blended_scores_in_every_form_are_the_dot_product_of_the_concatenated_query_and_key(form, queries):
     # The CPU writes the blend's scores out; other devices take the concatenated form onto a fused kernel.
     torch.manual_seed(0)
-    q, k = torch.randn(2, 3, 5, 8, dtype=torch.float64), torch.randn(2, 3, 7, 8, dtype=torch.float64)
-    q[0, 0, 1] = 0.0  # a zero (padded) vector
+    q, k = torch.randn(2, 3, queries, 8, dtype=torch.float64), torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    q[0, 0, -1] = 0.0  # a zero (padded) vector
+    k[1, 2, 3] = 0.0
     blend, temperature = torch.rand(3, dtype=torch.float64), 1 + 19 * torch.rand(3, dtype=torch.float64)
     wide_q, wide_k = brope_asr.blended_query_key(q, k, blend, temperature)
-    assert wide_q.shape == (2, 3, 5, 16) and wide_k.shape == (2, 3, 7, 16)
-    assert_close(brope_asr.blended_scores(q, k, blend, temperature), wide_q @ wide_k.transpose(-1, -2), atol=1e-12)
+    assert wide_q.shape == (2, 3, queries, 16) and wide_k.shape == (2, 3, 7, 16)
+    scores = getattr(brope_asr, form)(q, k, blend, temperature)
+    assert_close(scores, wide_q @ wide_k.transpose(-1, -2), atol=1e-12)
+
+
+def saved_for_backward(scores, q, k, blend, temperature) -> int:
+    """How many numbers autograd keeps for the backward of `scores(q, k, blend, temperature)`, each tensor once."""
+    kept = {}
+
+    def pack(tensor):
+        kept[tensor.data_ptr(), tensor.numel()] = tensor.numel()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        scores(q, k, blend, temperature)
+    return sum(kept.values())
+
+
+@pytest.mark.parametrize("queries, keys, width, rescaled", [
+    (1, 50, 8, True),  # one new token while decoding
+    (8, 8, 8, True),
+    (20, 75, 32, True),  # the small preset's cross-attention
+    (150, 150, 128, True),  # the base preset's encoder on 3-s clips
+    (40, 40, 8, False),
+    (300, 300, 32, False),
+])
+def test_blended_scores_take_the_rescaled_form_only_where_it_keeps_less_for_backward(queries, keys, width, rescaled):
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, queries, width, requires_grad=True), torch.randn(1, 2, keys, width, requires_grad=True)
+    blend, temperature = torch.rand(2, requires_grad=True), (1 + torch.rand(2)).requires_grad_()
+    kept = {form: saved_for_backward(getattr(brope_asr, form), q, k, blend, temperature)
+            for form in ("blended_scores", "rescaled_product_scores", "summed_product_scores")}
+    cheaper, dearer = ("rescaled_product_scores", "summed_product_scores")[:: 1 if rescaled else -1]
+    assert kept["blended_scores"] == kept[cheaper] < kept[dearer]
 
 
 def test_blended_attention_is_finite_for_zero_vectors():
@@ -439,8 +474,9 @@ def test_blended_attention_is_finite_for_zero_vectors():
 
 
 def test_blended_scores_have_rank_twice_the_head_width_so_no_narrower_dot_product_computes_them():
-    # Why `blended_scores` takes two products of width Dh: the blend is a sum of two rank-Dh products,
-    # so its score matrix has rank 2 Dh, and a dot product of width w has rank at most w.
+    # Why no single product narrower than 2 Dh gives the blend: it is a sum of two rank-Dh products, so
+    # its score matrix has rank 2 Dh, and a dot product of width w has rank at most w. (`blended_scores`
+    # rescales one Dh-wide product entry by entry, which is no product.)
     # The softmax ignores a constant added to a row, which can lower the rank by one at most.
     torch.manual_seed(0)
     width, length, b, tau = 8, 40, 0.4, 3.0
@@ -2596,7 +2632,7 @@ def test_benchmark_rows_option_measures_only_the_rows_asked_for():
     from tools import bench_brope_asr as bench
 
     rows = bench.measure_all(bench.Runner(torch.device("cpu"), 1), bench.QUICK, {6})
-    assert {row.section for row in rows} == {6} and len(rows) == 3 * len(bench.QUICK.presets)
+    assert {row.section for row in rows} == {6} and len(rows) == 5 * len(bench.QUICK.presets)
     assert all(row.ratio > 0 for row in rows)
 
 

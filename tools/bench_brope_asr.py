@@ -89,6 +89,7 @@ from brope_asr import (
     BRoPEASRForConditionalGeneration,
     Rotation,
     apply_rotary,
+    attend_to_scores,
     attention,
     batch_inputs,
     blended_query_key,
@@ -96,8 +97,10 @@ from brope_asr import (
     load_audio,
     log_mel_spectrogram,
     mel_bins_below,
+    rescaled_product_scores,
     rope_frequencies,
     rotary_angles,
+    summed_product_scores,
     transcribe,
     window_seconds,
     word_error_rate,
@@ -822,7 +825,9 @@ def blended_padded(q, k, v, mask, is_causal, blend, temperature) -> torch.Tensor
 
 def attention_rows(runner: Runner, sizes: Sizes) -> list[Row]:
     """Row 6: blended attention forward+backward at each preset's encoder self-attention on a batch
-    of 3-s clips, against plain scaled dot product and against the blend padded onto the fused kernel."""
+    of 3-s clips, against plain scaled dot product and each exact form of the blend: one product rescaled,
+    two products summed (ours is whichever keeps less for backward), the concatenated product through the
+    SDPA call's unfused path, and v padded onto the fused kernel."""
     rows = []
     for label, preset in sizes.presets.items():
         progress(f"{runner.label}: blended attention at {label}")
@@ -838,11 +843,15 @@ def attention_rows(runner: Runner, sizes: Sizes) -> list[Row]:
         variants = {
             "blended": (lambda: attention(q, k, v, mask, False, blend, temperature), [q, k, v, blend, temperature]),
             "plain": (lambda: attention(q, k, v, mask), [q, k, v]),
+            **{
+                form: (lambda scores=scores: attend_to_scores(scores(q, k, blend, temperature), v, mask), [q, k, v, blend, temperature])
+                for form, scores in (("rescaled", rescaled_product_scores), ("summed", summed_product_scores))
+            },
             "unfused": (lambda: blended_unfused(q, k, v, mask, False, blend, temperature), [q, k, v, blend, temperature]),
             "padded": (lambda: blended_padded(q, k, v, mask, False, blend, temperature), [q, k, v, blend, temperature]),
         }
         with torch.no_grad():
-            for anchor in ("unfused", "padded"):
+            for anchor in ("rescaled", "summed", "unfused", "padded"):
                 torch.testing.assert_close(variants[anchor][0](), variants["blended"][0](), rtol=1e-4, atol=1e-5)
         calls = {}
         for variant, (fn, leaves) in variants.items():
@@ -855,6 +864,8 @@ def attention_rows(runner: Runner, sizes: Sizes) -> list[Row]:
             calls[variant] = train
         for anchor, what in (
             ("plain", "plain scaled dot product"),
+            ("rescaled", "the blend's scores as one product rescaled entry by entry"),
+            ("summed", "the blend's scores as the sum of two products"),
             ("unfused", "the blend as one 2 Dh-wide product through the SDPA call's unfused path"),
             ("padded", "the blend with v padded onto the fused kernel"),
         ):
