@@ -544,9 +544,9 @@ def blended_scores(q: torch.Tensor, k: torch.Tensor, blend: torch.Tensor, temper
     - `summed_product_scores`: b tau q/|q| . k/|k| + (1 - b) q / sqrt(Dh) . k, two products. It keeps
       normalized and scaled copies of q and k, at least 2 (Sq + Sk) Dh numbers.
     The rescaled form is taken where it keeps no more, Sq Sk <= (Sq + Sk) Dh (one new token: always),
-    and there it was also the faster: forward and backward 1.4-1.6x as fast at the base preset's 3-s
-    shape, Sk = 150, Dh = 128, on 2 CPU cores; at 750 positions it kept 1.3x as much and was slower
-    (README, Performance).
+    and there it was also the faster on 2 CPU cores: forward and backward 1.4-1.7x as fast at Dh = 128
+    (the base preset; 3-s clips give Sk = 150), 1.3x at Dh = 32 and 20 tokens. Where it keeps more it
+    kept up to 1.6x as much and was 0.66-1.11x as fast (README, Performance).
 
     Args:
         q: (B, H, Sq, Dh) queries; k: (B, H, Sk, Dh) keys.
