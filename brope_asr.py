@@ -98,6 +98,7 @@ __all__ = [
     "rope_frequencies",
     "betweenness_score",
     "attention",
+    "attend_to_scores",
     "blended_scores",
     "rescaled_product_scores",
     "summed_product_scores",
