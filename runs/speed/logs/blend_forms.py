@@ -1,7 +1,8 @@
 """The blend's two exact score forms across lengths: forward+backward of `attend_to_scores` on each form's scores
 (one product rescaled entry by entry, or two products summed), time (median of interleaved pairs, 2 threads) and
 peak bytes of live tensors (the bench's PeakMemory), at head widths 32 (small) and 128 (base), Sq = Sk = S,
-a batch of 1,200 positions per head, and which form `blended_scores` takes there.
+a batch of 1,200 positions per head, and which form `blended_scores` takes there. Then a torch.profiler reading of
+each form at the base preset's encoder shape (8, 4, 150, 128): self CPU time by operator over 20 calls.
 
     python runs/speed/logs/blend_forms.py
 """
@@ -59,3 +60,14 @@ for width in (32, 128):
               f"summed {statistics.median(p[1] for p in pairs) * 1e3:7.2f} ms, rescaled "
               f"{statistics.median(s / r for r, s in pairs):.2f}x as fast; peak {peaks['rescaled'] / 2**20:6.1f} / "
               f"{peaks['summed'] / 2**20:6.1f} MiB; blended_scores takes {taken}", flush=True)
+
+
+shape = (8, 4, 150, 128)
+for form, scores in FORMS.items():
+    fn = call(shape, scores)
+    fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        for _ in range(20):
+            fn()
+    print(f"\n{form} at {shape}, 20 calls of forward and backward:")
+    print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
