@@ -1985,7 +1985,8 @@ def transcribe(
     texts = []
     for first in range(0, len(pieces), batch_size):
         inputs = features(pieces[first : first + batch_size], sampling_rate=SAMPLE_RATE, return_tensors="pt")
-        ids = model.generate(**inputs.to(device), **({"num_beams": num_beams} if num_beams else {}))
+        inputs = inputs.to(device, dtype=model.dtype)  # a model loaded in bf16 or fp16 takes its own dtype
+        ids = model.generate(**inputs, **({"num_beams": num_beams} if num_beams else {}))
         texts += tokenizer.batch_decode(ids, skip_special_tokens=True)
     per_clip = [[] for _ in waveforms]
     for owner, text in zip(owners, texts):
@@ -2282,7 +2283,7 @@ class SpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             return super()._forward(model_inputs, return_timestamps, return_language, **generate_kwargs)
         samples, counts = model_inputs.pop("samples"), model_inputs.pop("num_samples")
         clips = [row[:count] for row, count in zip(samples.float().cpu(), counts.tolist())]
-        inputs = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt").to(self.device)
+        inputs = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt").to(self.device, dtype=self.model.dtype)
         tokens = self.model.generate(**inputs, **self._prepare_generate_kwargs(generate_kwargs))
         return {"is_last": model_inputs.pop("is_last"), "tokens": tokens, "span": model_inputs.pop("span")}
 

@@ -1714,6 +1714,18 @@ def test_pipeline_gives_the_transcribe_text_for_a_file_an_array_and_a_batch(over
         asr(waveforms[0].numpy(), chunk_length_s=5, stride_length_s=1)
 
 
+def test_a_model_loaded_in_bf16_transcribes_through_transcribe_and_the_pipeline(overfit_model, tmp_path):
+    # Models are served loaded in bf16 (fp16 on a GPU): the float32 log-mel must reach them in their own dtype.
+    model, tokenizer, paths, texts, waveforms, _ = overfit_model
+    run = save_run(model, tokenizer, tmp_path / "run")
+    half = BRoPEASRForConditionalGeneration.from_pretrained(run, dtype=torch.bfloat16).eval()
+    assert half.dtype == torch.bfloat16
+    assert brope_asr.transcribe(half, tokenizer, waveforms) == texts
+    asr = transformers.pipeline("automatic-speech-recognition", model=str(run), dtype=torch.bfloat16)
+    assert asr.model.dtype == torch.bfloat16
+    assert [out["text"] for out in asr([str(path) for path in paths], batch_size=2)] == texts
+
+
 def test_long_audio_report_joins_test_clips_and_scores_against_their_transcripts(overfit_model, tmp_path):
     from tools import bench_brope_asr
 
