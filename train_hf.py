@@ -1456,7 +1456,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--eval-num-beams", type=int, default=1,
                        help="beam width of the evaluations during training, which pick the checkpoint (1 = greedy)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--bf16", action="store_true", help="bfloat16 autocast: a GPU, or a CPU with AMX at the base preset (README, bfloat16 on a CPU)")
+    train.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU or CPU; on a CPU measured faster only at the base preset: README, bfloat16 on a CPU)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model (transformers' torch_compile); off by default, see README")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output-dir")
     return parser.parse_args(argv)
