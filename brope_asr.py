@@ -547,7 +547,7 @@ def blended_scores(q: torch.Tensor, k: torch.Tensor, blend: torch.Tensor, temper
     The rescaled form is taken where it keeps no more, Sq Sk <= (Sq + Sk) Dh (one new token: always),
     and there it was also the faster on 2 CPU cores: forward and backward 1.4-1.7x as fast at Dh = 128
     (the base preset; 3-s clips give Sk = 150), 1.3x at Dh = 32 and 20 tokens. Where it keeps more it
-    kept up to 1.6x as much and was 0.66-1.18x as fast (README, Performance).
+    kept up to 1.6x as much and was 0.79-1.18x as fast (README, Performance).
 
     Args:
         q: (B, H, Sq, Dh) queries; k: (B, H, Sk, Dh) keys.

@@ -18,8 +18,10 @@ the machine that ran them even where the absolute numbers do not carry over. The
    and the model FLOPs of a step with all options on, and with each alone, over options off, and of
    Whisper cut to 3 s over ours: the time ratios row 1 can reach at equal FLOP/s.
 6. Blended attention forward+backward at each preset's encoder self-attention shape, against plain
-   scaled dot product, against the same blend as one 2 Dh-wide product through
-   `scaled_dot_product_attention` (its unfused path) and with v padded onto torch's fused kernel.
+   scaled dot product and against each other exact form of the blend: its scores as one product
+   rescaled entry by entry and as two products summed (`blended_scores` takes one of these), as one
+   2 Dh-wide product through `scaled_dot_product_attention` (its unfused path), and with v padded
+   onto torch's fused kernel.
 7. `torch.compile` as `train_hf.py --compile` applies it: the small preset's training step compiled
    against eager in steady state, and the compile's cost (the first step, from an empty inductor
    cache) with the number of steps after which it pays back.
